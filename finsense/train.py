@@ -1,0 +1,259 @@
+"""``python -m finsense.train``: compose the config, find the run directory, build, train, report.
+
+Every run lives in a directory derived from the overrides that define the experiment, so the same
+command finds the same directory again and resumes where it stopped::
+
+    python -m finsense.train                        # outputs/default
+    python -m finsense.train seed=1 episodes=500    # outputs/seed=1 (episodes is not part of it)
+    python -m finsense.train --multirun seed=0,1    # multirun/sweep/seed=0, multirun/sweep/seed=1
+
+The user's guide flags ``--auto-resume``, ``--resume PATH|auto`` and ``--episodes N`` are accepted
+as aliases of ``resume=auto``, ``resume=PATH`` and ``episodes=N``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from finsense.config import register_configs, to_plain, validate
+from finsense.errors import FinSenseError
+
+log = logging.getLogger("finsense.train")
+
+_MAX_DIRNAME = 200  # stay under the 255-byte name limit of common file systems
+
+
+def run_dirname(name: str | None, override_dirname: str | None) -> str:
+    """One stable, valid directory name for a run from its name and Hydra's ``override_dirname``.
+
+    Empty overrides give ``default`` (never the parent directory itself); ``/`` in a value (a data
+    path) is percent-encoded so the run stays one directory, not a nested tree; a very long name is
+    shortened with a hash of the full one so it stays unique and stable.
+    """
+    parts = [p for p in (name, override_dirname) if p]
+    raw = ",".join(parts) or "default"
+    safe = quote(raw, safe="=,+-_.:@[]")
+    if safe in (".", ".."):
+        safe = quote(safe, safe="")
+    if len(safe) > _MAX_DIRNAME:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        safe = f"{safe[: _MAX_DIRNAME - 13]}~{digest}"
+    return safe
+
+
+def sweep_dirname(name: str | None) -> str:
+    """The sweep directory under ``multirun/``: the run name, or ``sweep``."""
+    return run_dirname(None, name) if name else "sweep"
+
+
+def _register_resolvers() -> None:
+    for resolver_name, fn in (
+        ("finsense_run_dir", run_dirname),
+        ("finsense_sweep_dir", sweep_dirname),
+    ):
+        if not OmegaConf.has_resolver(resolver_name):
+            OmegaConf.register_new_resolver(resolver_name, fn)
+
+
+_register_resolvers()
+register_configs()
+
+_ALIASES = {"--auto-resume": "resume=auto"}
+_VALUE_ALIASES = {"--resume": "resume", "--episodes": "episodes"}
+
+
+def translate_guide_flags(argv: list[str]) -> list[str]:
+    """Rewrite the user's guide flags (``--auto-resume``, ``--resume X``, ``--episodes N``) as overrides."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        if arg in _ALIASES:
+            out.append(_ALIASES[arg])
+        elif key in _VALUE_ALIASES and eq:
+            out.append(f"{_VALUE_ALIASES[key]}={value}")
+        elif arg in _VALUE_ALIASES and i + 1 < len(argv):
+            out.append(f"{_VALUE_ALIASES[arg]}={argv[i + 1]}")
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Plain messages on the console; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname}: {message}"
+        return message
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(_ConsoleFormatter("%(message)s"))
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(run_dir / "logs" / "finsense.log", encoding="utf-8")
+    file_handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(file_handler)
+    return file_handler
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train the run of ``cfg`` in ``run_dir``; return its best checkpointed ``metric_name`` value.
+
+    Raises FinSenseError for any user mistake; the entry point turns it into one line.
+    """
+    from finsense.agents import DQNAgent, DQNConfig
+    from finsense.checkpoint import CheckpointManager, RunLock
+    from finsense.device import resolve_device, set_torch_threads
+    from finsense.envs.trading import TradingEnv
+    from finsense.trainer import Trainer, TrainSettings
+
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    plain = to_plain(cfg)
+
+    with RunLock(run_dir):
+        manager = CheckpointManager(
+            run_dir / "models",
+            max_keep=cfg.checkpoints.max_keep,
+            save_best=cfg.checkpoints.save_best,
+            metric_name=cfg.checkpoints.metric_name,
+            mode=cfg.checkpoints.mode,
+            map_location=str(device),
+        )
+        file_handler = _setup_logging(run_dir)
+        try:
+            set_torch_threads(cfg.threads)
+            env_kwargs: dict[str, Any] = dict(plain["env"])
+            env = TradingEnv(split="train", **env_kwargs)
+            agent_kwargs = {k: v for k, v in plain["agent"].items() if k != "name"}
+            agent_kwargs["hidden_sizes"] = tuple(agent_kwargs["hidden_sizes"])
+            agent = DQNAgent(
+                int(env.observation_space.shape[0]),
+                int(env.action_space.n),
+                DQNConfig(**agent_kwargs),
+                seed=cfg.seed,
+                device=device,
+            )
+            trainer = Trainer(
+                env,
+                agent,
+                manager,
+                run_dir,
+                TrainSettings(
+                    episodes=cfg.episodes,
+                    seed=cfg.seed,
+                    save_frequency=cfg.checkpoints.save_frequency,
+                    save_every_minutes=cfg.checkpoints.save_every_minutes,
+                    progress=cfg.progress,
+                ),
+                config=plain,
+            )
+            result = trainer.run(resume=str(cfg.resume))
+        finally:
+            logging.getLogger().removeHandler(file_handler)
+            file_handler.close()
+
+    if result.interrupted_by is not None:
+        where = _relative(result.last_checkpoint, run_dir)
+        if result.chained_handler is not None:
+            # A cluster launcher asked for the stop (submitit on SLURM preemption or timeout):
+            # the checkpoint is saved, so let it requeue the job; the requeued job auto-resumes.
+            log.info("Stopped at episode %d; checkpoint saved: %s; handing over to the launcher", result.last_episode, where)
+            result.chained_handler(result.interrupted_by, None)
+        print(
+            f"Interrupted at episode {result.last_episode}; checkpoint saved: {where}. "
+            "Run the same command to resume.",
+            flush=True,
+        )
+        raise _Interrupted(128 + result.interrupted_by)
+    if not result.already_complete:
+        _print_summary(result, run_dir)
+    return result.best_value
+
+
+class _Interrupted(Exception):
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+def _relative(path: Path | None, run_dir: Path) -> str:
+    if path is None:
+        return "(none)"
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _print_summary(result: Any, run_dir: Path) -> None:
+    lines = [f"Training complete: {result.last_episode}/{result.episodes} episodes in {run_dir}"]
+    if result.best is not None:
+        value = result.best_value
+        shown = "nan" if math.isnan(value) else f"{value:,.4f}"
+        lines.append(
+            f"  best: episode {result.best.metadata.get('episode')} "
+            f"{result.metric_name}={shown} -> models/best_model.pt"
+        )
+    lines.append(f"  latest checkpoint: {_relative(result.last_checkpoint, run_dir)}")
+    lines.append("  per-episode metrics: metrics.csv   log: logs/finsense.log")
+    log.info("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    """The Hydra task: one run (or one sweep job). Returns the best metric value (for sweepers)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        return train(cfg, run_dir)
+    except FinSenseError as err:
+        log.error("%s", err)
+        if multirun:
+            # One bad job must not take the rest of the sweep down; its error is in its log.
+            return math.nan
+        sys.exit(err.exit_code)
+    except _Interrupted as stop:
+        sys.exit(stop.exit_code)
+
+
+def main() -> None:
+    """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
+    sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
+    # Ctrl+C before training starts (while importing, composing) ends quietly too.
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        print("Interrupted before training started; nothing was written.", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy, so that launchers (joblib, submitit) pickle
+    # the task by reference and their workers import finsense.train (and its resolvers) themselves.
+    from finsense import train as _train
+
+    _train.main()

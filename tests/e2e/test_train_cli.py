@@ -1,0 +1,236 @@
+"""``python -m finsense.train`` end to end: real processes, real signals, real Hydra."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.e2e.conftest import assert_same_state, load_checkpoint_tensors, run_dir_files, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _run_dir(tmp_path: Path, name: str = "default") -> Path:
+    return tmp_path / "outputs" / name
+
+
+def test_quick_test_scenario_second_run_is_already_complete_and_touches_nothing(
+    tmp_path: Path, train_cmd
+) -> None:
+    first = train_cmd("--episodes", "5", "--auto-resume")
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = _run_dir(tmp_path)
+    models = run_dir / "models"
+    assert (models / "model_ep4.pt").exists() and (models / "model_ep5.json").exists()
+    assert "Training complete" in first.stdout
+    before = run_dir_files(run_dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in models.iterdir()}
+
+    second = train_cmd("--episodes", "5", "--auto-resume")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Auto-resuming from episode 5: models/model_ep5.pt" in second.stdout
+    assert "Training already complete!" in second.stdout
+    assert run_dir_files(run_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in models.iterdir()} == mtimes
+
+
+def test_rotation_keeps_max_keep_newest_and_best(tmp_path: Path, train_cmd) -> None:
+    proc = train_cmd("episodes=16", "checkpoints.max_keep=3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    models = _run_dir(tmp_path) / "models"
+    episodic = sorted(int(p.stem[len("model_ep") :]) for p in models.glob("model_ep*.json"))
+    assert episodic == [12, 14, 16]
+    best = (models / "best_model.json").read_text()
+    assert '"is_best": true' in best
+    assert (models / "best_model.pt").exists()
+    lines = (_run_dir(tmp_path) / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 17 and lines[0].startswith("episode,")
+    assert (_run_dir(tmp_path) / "logs" / "finsense.log").read_text().count("Episode ") == 16
+
+
+def test_extending_episodes_equals_running_longer_from_the_start(tmp_path: Path, train_cmd) -> None:
+    assert train_cmd("episodes=6", "name=ext").returncode == 0
+    extended = train_cmd("episodes=10", "name=ext")
+    assert extended.returncode == 0, extended.stdout + extended.stderr
+    assert "Resuming training from episode 7/10" in extended.stdout
+    straight = train_cmd("episodes=10", "name=straight")
+    assert straight.returncode == 0
+    assert_same_state(
+        load_checkpoint_tensors(_run_dir(tmp_path, "ext") / "models", 10),
+        load_checkpoint_tensors(_run_dir(tmp_path, "straight") / "models", 10),
+    )
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(
+    tmp_path: Path, train_cmd, start_train
+) -> None:
+    episodes = "episodes=24"
+    reference = train_cmd(episodes, "name=reference")
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+
+    rng = random.Random(1234)
+    run_dir = _run_dir(tmp_path, "killed")
+    kills = 0
+    for _ in range(4):
+        proc = start_train(episodes, "name=killed")
+        # Kill only once training is under way; the moment within the episode loop is random.
+        wait_for(lambda: (run_dir / "metrics.csv").exists() or proc.poll() is not None)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 1
+    final = train_cmd(episodes, "name=killed")
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert_same_state(
+        load_checkpoint_tensors(_run_dir(tmp_path, "reference") / "models", 24),
+        load_checkpoint_tensors(run_dir / "models", 24),
+    )
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 25))
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_finishes_episode_saves_off_grid_and_resumes(
+    tmp_path: Path, train_cmd, start_train, sig: int, code: int
+) -> None:
+    run_dir = _run_dir(tmp_path)
+    proc = start_train("episodes=400", "checkpoints.save_frequency=100")
+    wait_for(lambda: (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 3)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == code, out
+    assert "checkpoint saved: models/model_ep" in out and "Run the same command to resume." in out
+    saved = sorted(run_dir.glob("models/model_ep*.json"))
+    assert len(saved) == 1
+    episode = int(saved[0].stem[len("model_ep") :])
+    assert 0 < episode < 100
+    assert f"Interrupted at episode {episode};" in out
+
+    resumed = train_cmd(f"episodes={episode + 2}", "checkpoints.save_frequency=100")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Auto-resuming from episode {episode}: models/model_ep{episode}.pt" in resumed.stdout
+    assert f"Resuming training from episode {episode + 1}/{episode + 2}" in resumed.stdout
+
+
+def test_proper_test_scenario_ctrl_c_after_episode_ten_then_resume_matches_uninterrupted(
+    tmp_path: Path, train_cmd, start_train
+) -> None:
+    run_dir = _run_dir(tmp_path, "proper")
+    proc = start_train("--episodes", "20", "--auto-resume", "name=proper", "checkpoints.save_frequency=10")
+    wait_for(lambda: (run_dir / "models" / "model_ep10.json").exists())
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    resumed = train_cmd("--episodes", "20", "--auto-resume", "name=proper", "checkpoints.save_frequency=10")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Auto-resuming from episode" in resumed.stdout
+    straight = train_cmd("--episodes", "20", "name=straight", "checkpoints.save_frequency=10")
+    assert straight.returncode == 0
+    assert_same_state(
+        load_checkpoint_tensors(run_dir / "models", 20),
+        load_checkpoint_tensors(_run_dir(tmp_path, "straight") / "models", 20),
+    )
+
+
+def test_second_writer_on_the_same_run_is_refused(tmp_path: Path, train_cmd, start_train) -> None:
+    run_dir = _run_dir(tmp_path)
+    first = start_train("episodes=400")
+    wait_for(lambda: (run_dir / "metrics.csv").exists())
+    second = train_cmd("episodes=400")
+    assert second.returncode == 3
+    combined = second.stdout + second.stderr
+    assert "in use" in combined and "Traceback" not in combined
+    first.kill()
+    first.wait()
+
+
+def test_resume_never_archives_the_old_history(tmp_path: Path, train_cmd) -> None:
+    assert train_cmd("episodes=4").returncode == 0
+    fresh = train_cmd("episodes=2", "resume=never")
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    models = _run_dir(tmp_path) / "models"
+    archives = list((models / "archive").iterdir())
+    assert len(archives) == 1
+    assert (archives[0] / "model_ep4.pt").exists() and (archives[0] / "metrics.csv").exists()
+    assert sorted(p.name for p in models.glob("model_ep*.json")) == ["model_ep2.json"]
+
+
+def test_structural_drift_is_refused_and_other_drift_is_logged(tmp_path: Path, train_cmd) -> None:
+    fixed = f"hydra.run.dir={tmp_path / 'fixed'}"
+    assert train_cmd("episodes=2", fixed).returncode == 0
+    refused = train_cmd("episodes=4", fixed, "agent.hidden_sizes=[32]")
+    assert refused.returncode == 2
+    combined = refused.stdout + refused.stderr
+    assert "agent.hidden_sizes: [64, 64] -> [32]" in combined and "resume=never" in combined
+    assert "Traceback" not in combined
+    changed = train_cmd("episodes=4", fixed, "agent.learning_rate=0.0005")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "changed since the checkpoint: agent.learning_rate: 0.001 -> 0.0005" in changed.stdout
+
+
+def test_resume_from_a_named_checkpoint(tmp_path: Path, train_cmd) -> None:
+    assert train_cmd("episodes=6").returncode == 0
+    path = _run_dir(tmp_path) / "models" / "model_ep4.pt"
+    again = train_cmd("episodes=6", "--resume", str(path), "name=branch")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Resuming from episode 4:" in again.stdout
+    assert "Resuming training from episode 5/6" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["episodes=-5"], "episodes must be >= 1"),
+        (["checkpoints.max_keep=0"], "checkpoints.max_keep must be >= 1"),
+        (["checkpoints.metric_name=profit_factor"], "checkpoints.metric_name"),
+        (["agent.learning_rate=-0.1"], "agent.learning_rate must be > 0"),
+        (["env=csv", "env.data.path=missing.csv"], "missing.csv"),
+        (["env=csv"], "env.data.path is required"),
+        (["resume=nope/model_ep7.pt"], "nope/model_ep7.pt"),
+        (["device=cuda"], "cuda"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(train_cmd, args: list[str], expected: str) -> None:
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    proc = train_cmd(*args)
+    combined = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert expected in combined
+    assert "Traceback" not in combined
+    errors = [line for line in combined.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, combined
+
+
+def test_hydra_type_error_is_reported_without_traceback(train_cmd) -> None:
+    proc = train_cmd("episodes=many")
+    assert proc.returncode != 0
+    combined = proc.stdout + proc.stderr
+    assert "episodes" in combined and "Traceback" not in combined
+
+
+def test_unsafe_checkpoint_named_by_the_user_is_refused_and_never_executed(
+    tmp_path: Path, train_cmd
+) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+
+    class Payload:
+        def __reduce__(self):  # noqa: D105
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"policy": Payload()}, evil)
+    proc = train_cmd(f"resume={evil}")
+    combined = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "not a FinSense checkpoint or unsafe to load" in combined
+    assert not marker.exists()

@@ -1,0 +1,118 @@
+"""Config composition, validation and run-directory naming (no training)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+import finsense.train  # noqa: F401  (registers the schema and the run-dir resolvers)
+from finsense.config import validate
+from finsense.errors import ConfigError
+from finsense.train import run_dirname, sweep_dirname, translate_guide_flags
+from finsense.trainer import config_drift
+
+
+def _compose(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="finsense.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_has_the_guides_checkpoint_defaults() -> None:
+    cfg = _compose()
+    validate(cfg)
+    assert cfg.episodes == 300 and cfg.resume == "auto"
+    assert dict(cfg.checkpoints) == {
+        "save_frequency": 10,
+        "max_keep": 5,
+        "save_best": True,
+        "metric_name": "total_profit",
+        "mode": "max",
+        "save_every_minutes": None,
+    }
+    assert cfg.agent.hidden_sizes == [64, 64]
+    assert cfg.env.data.source == "synthetic"
+
+
+@pytest.mark.parametrize("env", ["synthetic", "googl", "csv"])
+def test_every_env_preset_composes(env: str) -> None:
+    cfg = _compose(f"env={env}", "env.data.path=x.csv")
+    assert cfg.env.window_size == 30
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("episodes=-5", "episodes"),
+        ("checkpoints.max_keep=0", "checkpoints.max_keep"),
+        ("checkpoints.save_frequency=0", "checkpoints.save_frequency"),
+        ("checkpoints.mode=up", "checkpoints.mode"),
+        ("checkpoints.metric_name=alpha", "checkpoints.metric_name"),
+        ("agent.learning_rate=-1", "agent.learning_rate"),
+        ("agent.gamma=1.5", "agent.gamma"),
+        ("agent.hidden_sizes=[]", "agent.hidden_sizes"),
+        ("env.fee=-0.1", "env.fee"),
+        ("env.window_size=0", "env.window_size"),
+        ("env.data.test_fraction=1.0", "env.data.test_fraction"),
+        ("env.data.source=ftp", "env.data.source"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(_compose(override))
+
+
+def test_test_metrics_are_valid_only_with_eval_every() -> None:
+    with pytest.raises(ConfigError, match="eval_every"):
+        validate(_compose("checkpoints.metric_name=test_sharpe_ratio"))
+    validate(_compose("checkpoints.metric_name=test_sharpe_ratio", "eval_every=5"))
+
+
+def test_wrong_type_fails_at_composition() -> None:
+    with pytest.raises(Exception, match="episodes"):
+        _compose("episodes=many")
+
+
+def test_run_dirname_is_stable_flat_and_never_empty() -> None:
+    assert run_dirname(None, "") == "default"
+    assert run_dirname(None, None) == "default"
+    assert run_dirname("exp", "") == "exp"
+    assert run_dirname(None, "seed=1") == "seed=1"
+    with_path = run_dirname(None, "env.data.path=data/prices.csv,env=csv")
+    assert "/" not in with_path and with_path == run_dirname(None, "env.data.path=data/prices.csv,env=csv")
+    assert with_path != run_dirname(None, "env.data.path=data_prices.csv,env=csv")
+    long = run_dirname(None, "x=" + "a" * 500)
+    assert len(long) <= 200 and long == run_dirname(None, "x=" + "a" * 500)
+    assert long != run_dirname(None, "x=" + "a" * 499)
+    assert run_dirname(None, "..") not in (".", "..")
+    assert sweep_dirname(None) == "sweep" and sweep_dirname("lr") == "lr"
+
+
+def test_run_dir_ignores_keys_that_do_not_change_the_experiment() -> None:
+    text = (files("finsense.conf") / "config.yaml").read_text()
+    hydra_cfg = yaml.safe_load(text)["hydra"]
+    excluded = set(hydra_cfg["job"]["config"]["override_dirname"]["exclude_keys"])
+    for key in ("episodes", "resume", "device", "checkpoints.max_keep", "checkpoints.metric_name"):
+        assert key in excluded
+    assert "seed" not in excluded and "agent.learning_rate" not in excluded
+    assert hydra_cfg["run"]["dir"].startswith("outputs/")
+    assert hydra_cfg["sweep"]["dir"].startswith("multirun/")
+
+
+def test_guide_flags_become_overrides() -> None:
+    assert translate_guide_flags(["--auto-resume", "--episodes", "5"]) == ["resume=auto", "episodes=5"]
+    assert translate_guide_flags(["--resume", "models/model_ep200.pt"]) == [
+        "resume=models/model_ep200.pt"
+    ]
+    assert translate_guide_flags(["--resume=auto", "seed=3"]) == ["resume=auto", "seed=3"]
+
+
+def test_config_drift_separates_structural_changes() -> None:
+    saved = {"agent": {"hidden_sizes": [64, 64], "learning_rate": 0.001}, "episodes": 300}
+    current = {"agent": {"hidden_sizes": [128], "learning_rate": 0.0003}, "episodes": 500}
+    structural, other = config_drift(saved, current)
+    assert structural == ["agent.hidden_sizes: [64, 64] -> [128]"]
+    assert other == ["agent.learning_rate: 0.001 -> 0.0003"]
