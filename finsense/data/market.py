@@ -1,0 +1,60 @@
+"""The market data value every loader returns, and the train/test split by time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from finsense.errors import ConfigError
+
+
+@dataclass(frozen=True, eq=False)
+class MarketData:
+    """One daily price series, sorted by date (strictly increasing, no duplicates).
+
+    Attributes:
+        dates: the date of each row, ``datetime64[ns]``.
+        close: the close price of each row, float64, every value > 0.
+        source: where the prices came from, for messages and run metadata:
+            ``"synthetic(seed=0, ...)"``, ``"sample:GOOGL"`` or the file path.
+    """
+
+    dates: np.ndarray
+    close: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.dates.ndim != 1 or self.close.ndim != 1 or len(self.dates) != len(self.close):
+            raise ValueError(
+                f"dates and close must be 1-D arrays of equal length, "
+                f"got shapes {self.dates.shape} and {self.close.shape}"
+            )
+
+    def __len__(self) -> int:
+        """The number of rows (prices)."""
+        return len(self.close)
+
+    def slice(self, start: int, stop: int) -> MarketData:
+        """Rows ``start`` to ``stop - 1`` (Python slice rules), same source."""
+        return MarketData(self.dates[start:stop], self.close[start:stop], self.source)
+
+
+def n_test_rows(n_rows: int, test_fraction: float) -> int:
+    """How many of ``n_rows`` rows the test split holds: ``floor(n_rows * test_fraction)``."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(
+            f"env.data.test_fraction must be in [0, 1), got {test_fraction!r}; "
+            "e.g. env.data.test_fraction=0.2 holds out the last 20% of rows"
+        )
+    return int(n_rows * test_fraction)
+
+
+def split_by_time(data: MarketData, test_fraction: float = 0.2) -> tuple[MarketData, MarketData]:
+    """Split into (train, test): train is the first rows, test the last ``test_fraction`` of them.
+
+    The test split holds ``floor(len(data) * test_fraction)`` rows (possibly none); the two never
+    overlap and together are ``data``. ``test_fraction`` outside [0, 1) is a ConfigError.
+    """
+    n_train = len(data) - n_test_rows(len(data), test_fraction)
+    return data.slice(0, n_train), data.slice(n_train, len(data))

@@ -1,0 +1,359 @@
+"""``finsense/Trading-v0``: one asset, target-position actions, fees, exact cash accounting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from finsense import metrics
+from finsense.data import MarketData, load_market_data
+from finsense.data.market import n_test_rows
+from finsense.errors import ConfigError, DataError
+
+#: ``split`` values: the rows an env trades over.
+SPLITS = ("train", "test", "all")
+#: ``reward`` values.
+REWARDS = ("log_return", "profit")
+#: ``test_fraction`` used when a MarketData (not a config mapping) is passed.
+DEFAULT_TEST_FRACTION = 0.2
+#: Normalised returns are clipped to +/- this many training standard deviations.
+FEATURE_CLIP = 10.0
+_log = math.log  # bound once: step() is the hot path
+
+#: Equity floor for the log-return reward of the step that bankrupts a short (fraction of cash).
+_BANKRUPT_EQUITY = 1e-9
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"env.{key} {rule}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
+    """Trade one asset on daily closes by choosing a target position each day.
+
+    **Actions** (``Discrete``): the position to hold until the next close.
+    With ``allow_short=False``: 0 = flat (all cash), 1 = long. With ``allow_short=True``:
+    0 = short, 1 = flat, 2 = long. Long means all equity in the asset at the current close; short
+    means selling the asset for the same notional. Holding a position does not rebalance it: the
+    units stay fixed while the price moves.
+
+    **Trades and fees**: a trade happens only when the position changes; it first closes the old
+    position, then opens the new one, each leg paying ``fee`` times its traded notional from cash.
+    A new position of equity ``E`` trades notional ``E / (1 + fee)``, so a long leaves zero cash
+    and a round trip from flat and back costs exactly two fees. Cash, units and equity
+    (``cash + units * close``) are float64.
+
+    **Observation** (``Box(-10, 10, (window_size + 1,), float32)``): the last ``window_size`` daily
+    log returns of the close up to and including the current row, divided by the standard deviation
+    of the training rows' log returns (one constant per dataset, so train and test are scaled
+    alike) and clipped to +/-10, then the current position (-1, 0 or 1). Every observation is a
+    fresh array: later steps never change one already returned.
+
+    **Reward**: ``log(equity_t / equity_{t-1})`` (``reward="log_return"``, fees included) or the
+    equity change in currency (``reward="profit"``).
+
+    **Episode start**: flat with ``initial_cash``, at a row drawn with ``self.np_random`` (seeded by
+    ``reset(seed=)``) such that ``episode_length`` steps fit in the split, or at the first possible
+    row (``random_start=False``). The first possible row leaves ``window_size`` returns before it.
+    Test episodes start on a test row; a window reaching back before the first test row shows the
+    training rows just before it as context (prices known by then; no trading on them).
+
+    **Episode end**: after ``episode_length`` steps (``None``: every row of the split) the episode
+    is *truncated*: it is a time limit, not a terminal state of the market, so value bootstrapping
+    should continue. It is *terminated* only when a short position loses all equity
+    (equity <= 0); that step's log reward uses an equity of ``1e-9 * initial_cash``.
+    Positions still open at the end are valued at the last close, with no exit fee.
+
+    **Info**: empty until the final step, whose info holds ``episode_metrics`` (see
+    :func:`finsense.metrics.episode_metrics`), ``equity`` (float) and ``position`` (int). ``reset``
+    returns ``equity`` and ``position``. Step by step, read the :attr:`equity` and :attr:`position`
+    properties (of ``env.unwrapped``), or the whole path from :meth:`history`; keeping info empty
+    keeps a step cheap.
+
+    **Splits**: ``split="train"`` trades over the first rows, ``"test"`` over the last
+    ``test_fraction`` of rows (``env.data.test_fraction``, default 0.2), ``"all"`` over every row.
+    Training episodes never see a test row.
+
+    Args:
+        data: a MarketData, an ``env.data`` config mapping (see
+            :func:`finsense.data.load_market_data`; its ``test_fraction`` sets the split) or None
+            for the synthetic default.
+        split: ``train``, ``test`` or ``all``.
+        window_size: past log returns in each observation, >= 1.
+        episode_length: steps per episode, >= 1, or None for the whole split.
+        random_start: start each episode at a seeded random row (else at the first possible row).
+        fee: proportional cost per trade leg, as a fraction of the traded notional, in [0, 1).
+        allow_short: add the short action.
+        initial_cash: starting equity in currency, > 0.
+        reward: ``log_return`` or ``profit``.
+        render_mode: must be None (the env does not render; see :meth:`history`).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    action_space: spaces.Discrete
+    observation_space: spaces.Box
+
+    def __init__(
+        self,
+        data: MarketData | Mapping[str, Any] | None = None,
+        split: str = "train",
+        window_size: int = 30,
+        episode_length: int | None = None,
+        random_start: bool = True,
+        fee: float = 0.001,
+        allow_short: bool = False,
+        initial_cash: float = 10_000.0,
+        reward: str = "log_return",
+        render_mode: str | None = None,
+    ) -> None:
+        _require(split in SPLITS, "split", f"must be one of {', '.join(SPLITS)}", split)
+        _require(
+            _is_int(window_size) and window_size >= 1,
+            "window_size",
+            "must be an integer >= 1",
+            window_size,
+        )
+        _require(
+            episode_length is None or (_is_int(episode_length) and episode_length >= 1),
+            "episode_length",
+            "must be an integer >= 1 or null",
+            episode_length,
+        )
+        _require(
+            isinstance(fee, int | float) and math.isfinite(fee) and fee >= 0,
+            "fee",
+            "must be >= 0",
+            fee,
+        )
+        _require(fee < 1, "fee", "must be < 1 (a fraction of the traded notional)", fee)
+        _require(
+            isinstance(initial_cash, int | float)
+            and math.isfinite(initial_cash)
+            and initial_cash > 0,
+            "initial_cash",
+            "must be > 0",
+            initial_cash,
+        )
+        _require(reward in REWARDS, "reward", f"must be one of {', '.join(REWARDS)}", reward)
+        _require(
+            render_mode is None,
+            "render_mode",
+            "must be None (the env does not render)",
+            render_mode,
+        )
+
+        if isinstance(data, MarketData):
+            market, test_fraction = data, DEFAULT_TEST_FRACTION
+        else:
+            market = load_market_data(data)
+            given = (data or {}).get("test_fraction")
+            test_fraction = DEFAULT_TEST_FRACTION if given is None else float(given)
+
+        self.data = market
+        self.split = split
+        self.test_fraction = test_fraction
+        self.window_size = int(window_size)
+        self.random_start = bool(random_start)
+        self.fee = float(fee)
+        self.allow_short = bool(allow_short)
+        self.initial_cash = float(initial_cash)
+        self.reward_name = reward
+
+        n_rows = len(market)
+        n_train = n_rows - n_test_rows(n_rows, test_fraction)
+        low, high = {"train": (0, n_train), "test": (n_train, n_rows), "all": (0, n_rows)}[split]
+        if split == "test" and high <= low:
+            raise ConfigError(
+                f"env.data.test_fraction is {test_fraction}: {market.source} has no test rows; "
+                "raise env.data.test_fraction (e.g. 0.2)"
+            )
+        # The first row an episode may start at: it has window_size returns behind it.
+        first = max(low, self.window_size)
+        max_steps = high - 1 - first
+        if max_steps < 1:
+            raise DataError(
+                f"{market.source}: too few rows for the {split} split with window_size="
+                f"{self.window_size}: the split has {high - low} rows ({n_rows} in all) and needs "
+                f"at least {first + 2 - low}; use more data, a smaller env.window_size"
+                + (" or a larger env.data.test_fraction" if split == "test" else "")
+            )
+        if episode_length is not None and episode_length > max_steps:
+            raise ConfigError(
+                f"env.episode_length={episode_length} does not fit the {split} split of "
+                f"{market.source}: {high - low} rows leave {max_steps} steps after the "
+                f"window_size={self.window_size} history; lower env.episode_length, set it to "
+                "null (the whole split) or use more data"
+            )
+        #: Steps per episode (the whole split when ``episode_length`` was None).
+        self.episode_length = max_steps if episode_length is None else int(episode_length)
+        #: (start, stop) data rows of the split (a Python range); trading starts no earlier than
+        #: row window_size, so the first window holds real returns.
+        self.split_rows = (low, high)
+        # Data rows an episode may start at.
+        self._start_rows = range(first, high - self.episode_length)
+
+        log_returns = np.zeros(n_rows, dtype=np.float64)
+        log_returns[1:] = np.diff(np.log(market.close))
+        train_returns = log_returns[1:n_train]
+        scale = float(train_returns.std()) if train_returns.size >= 2 else 0.0
+        self.feature_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        features = np.clip(log_returns / self.feature_scale, -FEATURE_CLIP, FEATURE_CLIP)
+        features = features.astype(np.float32)
+
+        positions = (-1, 0, 1) if self.allow_short else (0, 1)
+        self.action_space = spaces.Discrete(len(positions))
+        self.observation_space = spaces.Box(
+            low=-FEATURE_CLIP, high=FEATURE_CLIP, shape=(self.window_size + 1,), dtype=np.float32
+        )
+        # Steps work in split-local rows: local row k is data row first + k. One table of finished
+        # observations per position (row k = the observation at local row k), so a step copies one
+        # row instead of assembling it; each table is rows x (window_size + 1) x 4 bytes.
+        windows = np.lib.stride_tricks.sliding_window_view(features, self.window_size)
+        windows = windows[first - self.window_size + 1 : high - self.window_size + 1]
+        # Keyed by int; numpy integers hash and compare equal to them, so both look up.
+        self._actions: dict[Any, tuple[int, np.ndarray]] = {}
+        for action, position in enumerate(positions):
+            table = np.empty((len(windows), self.window_size + 1), dtype=np.float32)
+            table[:, :-1] = windows
+            table[:, -1] = position
+            self._actions[action] = (position, table)
+        # Python floats, so the step arithmetic stays scalar (and exact float64).
+        self._close = market.close[first:high].tolist()
+
+        self._log_reward = reward == "log_return"
+        # The actions a step accepts now: none between episodes, so step() needs no extra check.
+        self._by_action: dict[Any, tuple[int, np.ndarray]] = {}
+        self._k = self._k_end = 0  # local rows: now and at the episode's end
+        self._cash = self.initial_cash
+        self._units = 0.0
+        # One entry per step including the start; the last equity is the current one.
+        self._equity_history: list[float] = []
+        self._position_history: list[int] = []
+        # Attributes are kept few (<= 30 with gymnasium's): CPython 3.11 reads instance
+        # attributes fastest while an object's attribute names fit its class's shared-key table.
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode flat with ``initial_cash``; return the first observation and info."""
+        super().reset(seed=seed)
+        starts = self._start_rows
+        if self.random_start and len(starts) > 1:
+            start = starts[int(self.np_random.integers(len(starts)))]
+        else:
+            start = starts[0]
+        self._k = start - starts[0]
+        self._k_end = self._k + self.episode_length
+        self._cash = self.initial_cash
+        self._units = 0.0
+        self._by_action = self._actions
+        self._equity_history = [self.initial_cash]
+        self._position_history = [0]
+        flat_action = 1 if self.allow_short else 0
+        observation = self._actions[flat_action][1][self._k].copy()
+        return observation, {"equity": self.initial_cash, "position": 0}
+
+    def step(
+        self, action: int | np.integer | np.ndarray
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Trade to the target position of ``action`` at this close, then move to the next close.
+
+        ``action`` is an int, a numpy integer or a one-element integer array.
+        """
+        try:
+            target, table = self._by_action[action]
+        except (KeyError, TypeError):
+            target, table = self._look_up_unusual(action)
+        k = self._k
+        close = self._close
+        cash = self._cash
+        units = self._units
+        positions = self._position_history
+        if target != positions[-1]:
+            price = close[k]
+            fee = self.fee
+            if units != 0.0:
+                notional = units * price
+                cash += notional - fee * abs(notional)
+                units = 0.0
+            if target != 0:
+                size = cash / (1.0 + fee)
+                units = target * size / price
+                cash -= target * size + fee * size
+            self._cash = cash
+            self._units = units
+        positions.append(target)
+        k += 1
+        self._k = k
+        equity = cash + units * close[k]
+        equity_history = self._equity_history
+        previous = equity_history[-1]
+        equity_history.append(equity)
+
+        terminated = equity <= 0.0
+        if self._log_reward:
+            if terminated:
+                reward = _log(_BANKRUPT_EQUITY * self.initial_cash / previous)
+            else:
+                reward = _log(equity / previous)
+        else:
+            reward = equity - previous
+        if terminated or k == self._k_end:
+            self._by_action = {}
+            info = {"equity": equity, "position": target, "episode_metrics": self.episode_metrics()}
+            return table[k].copy(), reward, terminated, not terminated, info
+        return table[k].copy(), reward, False, False, {}
+
+    def _look_up_unusual(self, action: Any) -> tuple[int, np.ndarray]:
+        """The slow path of step()'s action lookup: one-element arrays, or a clear error."""
+        if not self._by_action:
+            raise RuntimeError("no episode is running: call reset() before step()")
+        if isinstance(action, np.ndarray) and action.size == 1 and action.dtype.kind in "iu":
+            found = self._by_action.get(int(action.item()))
+            if found is not None:
+                return found
+        raise ValueError(f"action {action!r} is not in {self.action_space}")
+
+    @property
+    def equity(self) -> float:
+        """Cash plus the position marked at the current close (currency)."""
+        return self._equity_history[-1] if self._equity_history else self.initial_cash
+
+    @property
+    def position(self) -> int:
+        """The position held now: -1 short, 0 flat, 1 long."""
+        return self._position_history[-1] if self._position_history else 0
+
+    def history(self) -> dict[str, np.ndarray]:
+        """The current episode so far: one entry per row from the start row to the current row.
+
+        Keys: ``dates`` (datetime64[ns]), ``close``, ``equity`` (float64), ``positions`` (int64;
+        ``positions[k]`` is the position held from row ``k - 1`` to row ``k``, 0 at the start).
+        Empty arrays before the first reset.
+        """
+        n_steps = len(self._equity_history)
+        start = self._start_rows[0] + self._k - max(0, n_steps - 1)
+        rows = slice(start, start + n_steps)
+        return {
+            "dates": self.data.dates[rows].copy(),
+            "close": self.data.close[rows].copy(),
+            "equity": np.fromiter(self._equity_history, dtype=np.float64, count=n_steps),
+            "positions": np.fromiter(self._position_history, dtype=np.int64, count=n_steps),
+        }
+
+    def episode_metrics(self) -> dict[str, Any]:
+        """Metrics of the current episode so far (what the final step puts in ``info``)."""
+        history = self.history()
+        return metrics.episode_metrics(
+            history["equity"], history["positions"], history["close"], fee=self.fee
+        )

@@ -1,0 +1,296 @@
+"""The trading env: gymnasium contract, determinism, exact accounting, splits and errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import finsense  # noqa: F401  (registers finsense/Trading-v0)
+from finsense import metrics
+from finsense.config import EPISODE_METRIC_NAMES
+from finsense.data import MarketData, synthetic_prices
+from finsense.envs import TRADING_ENV_ID, TradingEnv, register_envs
+from finsense.errors import ConfigError, DataError
+
+FEE = 0.01
+CASH = 10_000.0
+
+
+def prices(*close: float) -> MarketData:
+    """A tiny market on consecutive days."""
+    dates = (np.datetime64("2021-01-04") + np.arange(len(close))).astype("datetime64[ns]")
+    return MarketData(dates=dates, close=np.asarray(close, dtype=np.float64), source="hand-made")
+
+
+def hand_env(*close: float, **kwargs: Any) -> TradingEnv:
+    """Window 1 over every row: row 0 is the window, the episode trades from row 1 to the end."""
+    options: dict[str, Any] = {"split": "all", "window_size": 1, "fee": FEE, "initial_cash": CASH}
+    return TradingEnv(prices(*close), **(options | kwargs))
+
+
+def run(env: gymnasium.Env, actions: list[int], seed: int | None = 0) -> list[tuple]:
+    """Reset, then step through ``actions``; return every step's result."""
+    env.reset(seed=seed)
+    return [env.step(a) for a in actions]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"allow_short": True, "episode_length": 50, "reward": "profit"},
+        {"data": {"source": "sample", "test_fraction": 0.2}, "split": "test", "window_size": 10},
+    ],
+)
+def test_env_passes_the_gymnasium_checker_without_warnings(kwargs: dict[str, Any]) -> None:
+    env = gymnasium.make(TRADING_ENV_ID, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)
+
+
+def test_make_without_arguments_runs_on_the_synthetic_default() -> None:
+    env = gymnasium.make(TRADING_ENV_ID)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (31,) and obs.dtype == np.float32
+    assert env.action_space == gymnasium.spaces.Discrete(2)
+    assert isinstance(env.unwrapped, TradingEnv)
+    assert env.unwrapped.data.source.startswith("synthetic(seed=0")
+    assert info == {"equity": 10_000.0, "position": 0}
+
+
+def test_register_envs_is_idempotent() -> None:
+    register_envs()
+    register_envs()
+    assert TRADING_ENV_ID in gymnasium.registry
+
+
+def test_same_reset_seed_gives_the_same_episode() -> None:
+    actions = np.random.default_rng(1).integers(0, 3, 100).tolist()
+    env = TradingEnv(allow_short=True, episode_length=100)
+    first = run(env, actions, seed=42)
+    again = run(TradingEnv(allow_short=True, episode_length=100), actions, seed=42)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:] == b[1:]
+    starts = set()
+    for seed in range(10):
+        env.reset(seed=seed)
+        starts.add(env.history()["dates"][0])
+    assert len(starts) > 1  # the seed moves the start
+
+
+def test_random_start_false_starts_at_the_first_row_with_a_full_window() -> None:
+    env = TradingEnv(
+        synthetic_prices(n_steps=200), window_size=30, random_start=False, episode_length=10
+    )
+    for seed in (0, 1):
+        env.reset(seed=seed)
+        assert env.history()["dates"][0] == env.data.dates[30]
+
+
+def test_observation_is_the_scaled_window_of_log_returns_and_the_position() -> None:
+    data = synthetic_prices(n_steps=300)
+    env = TradingEnv(data, window_size=5, random_start=False, allow_short=True)
+    obs, _ = env.reset()
+    log_returns = np.diff(np.log(data.close))
+    np.testing.assert_allclose(obs[:5], log_returns[:5] / env.feature_scale, rtol=1e-6)
+    assert obs[5] == 0.0
+    obs, *_ = env.step(0)
+    np.testing.assert_allclose(obs[:5], log_returns[1:6] / env.feature_scale, rtol=1e-6)
+    assert obs[5] == -1.0
+
+
+def test_returned_observations_are_never_changed_by_later_steps() -> None:
+    env = TradingEnv(allow_short=True, episode_length=20)
+    obs, _ = env.reset(seed=0)
+    kept = [obs, *(env.step(a)[0] for a in [2, 0, 1, 2, 2])]
+    copies = [o.copy() for o in kept]
+    for a in [0, 1, 2, 0]:
+        env.step(a)
+    kept[1][:] = 99.0  # a caller writing into an observation must not corrupt the env either
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, copies[0])
+    for k in (0, 2, 3, 4, 5):
+        np.testing.assert_array_equal(kept[k], copies[k])
+
+
+def test_long_trip_accounting_matches_a_hand_computation() -> None:
+    env = hand_env(100.0, 100.0, 110.0, 121.0, 110.0, 110.0)
+    steps = run(env, [1, 1, 0, 0])
+    units = CASH / (1 + FEE) / 100.0  # all equity bought at 100, fee paid from cash
+    after_sale = units * 121.0 * (1 - FEE)
+    expected = [CASH, units * 110.0, units * 121.0, after_sale, after_sale]
+    history = env.history()
+    np.testing.assert_allclose(history["equity"], expected, rtol=1e-12)
+    np.testing.assert_array_equal(history["positions"], [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(history["close"], [100.0, 110.0, 121.0, 110.0, 110.0])
+    rewards = [s[1] for s in steps]
+    np.testing.assert_allclose(rewards, np.diff(np.log(expected)), rtol=1e-12, atol=1e-15)
+    assert [s[3] for s in steps] == [False, False, False, True]  # the end of data truncates
+    assert not any(s[2] for s in steps)
+    final = steps[-1][4]["episode_metrics"]
+    assert final["total_trades"] == 2
+    assert final["win_rate"] == 1.0
+    assert final["final_equity"] == pytest.approx(after_sale, rel=1e-12)
+    assert final["buy_and_hold_return"] == pytest.approx(units * 110.0 / CASH - 1, rel=1e-12)
+
+
+def test_round_trip_at_a_constant_price_costs_exactly_two_fees() -> None:
+    env = hand_env(50.0, 50.0, 50.0, 50.0)
+    run(env, [1, 0])
+    notional = CASH / (1 + FEE)
+    assert env.history()["equity"][-1] == pytest.approx(CASH - 2 * FEE * notional, rel=1e-12)
+
+
+def test_short_and_reversal_accounting_matches_a_hand_computation() -> None:
+    env = hand_env(100.0, 100.0, 90.0, 99.0, 99.0, 99.0, allow_short=True)
+    env.reset(seed=0)
+    seen = []
+    for action in [0, 2, 2, 1]:  # short, reverse to long, hold, close
+        step = env.step(action)
+        seen.append((env.position, env.equity))
+    size = CASH / (1 + FEE)  # notional sold short at 100
+    at_90 = CASH + size * (1 - FEE) - size * 0.9
+    after_cover = at_90 - FEE * size * 0.9  # buying back the short pays a fee on its notional
+    units = after_cover / (1 + FEE) / 90.0
+    at_99 = units * 99.0
+    closed = at_99 * (1 - FEE)
+    np.testing.assert_allclose(
+        env.history()["equity"], [CASH, at_90, at_99, at_99, closed], rtol=1e-12
+    )
+    np.testing.assert_array_equal(env.history()["positions"], [0, -1, 1, 1, 0])
+    assert [position for position, _ in seen] == [-1, 1, 1, 0]
+    np.testing.assert_allclose([e for _, e in seen], [at_90, at_99, at_99, closed], rtol=1e-12)
+    assert step[4]["episode_metrics"]["total_trades"] == 3
+
+
+def test_always_long_equity_equals_the_buy_and_hold_benchmark() -> None:
+    env = TradingEnv(episode_length=100, fee=0.002)
+    run(env, [1] * 100, seed=3)
+    history = env.history()
+    expected = metrics.buy_and_hold(history["close"], initial_cash=env.initial_cash, fee=0.002)
+    np.testing.assert_allclose(history["equity"], expected, rtol=1e-12)
+
+
+def test_profit_reward_is_the_equity_change() -> None:
+    env = hand_env(100.0, 100.0, 110.0, 121.0, 110.0, reward="profit")
+    steps = run(env, [1, 1, 0])
+    np.testing.assert_allclose([s[1] for s in steps], np.diff(env.history()["equity"]), rtol=1e-12)
+    assert sum(s[1] for s in steps) == pytest.approx(
+        steps[-1][4]["episode_metrics"]["total_profit"]
+    )
+
+
+def test_a_short_that_loses_all_equity_terminates_the_episode() -> None:
+    env = hand_env(100.0, 100.0, 250.0, 260.0, allow_short=True, fee=0.0)
+    _, reward, terminated, truncated, info = run(env, [0])[0]
+    assert terminated and not truncated
+    assert info["equity"] == pytest.approx(CASH * 2 - CASH * 2.5)
+    assert reward == pytest.approx(math.log(1e-9))
+    assert info["episode_metrics"]["max_drawdown"] == -1.0
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(1)
+
+
+def test_final_step_info_holds_every_episode_metric_as_plain_numbers() -> None:
+    env = TradingEnv(episode_length=30)
+    steps = run(env, np.random.default_rng(0).integers(0, 2, 30).tolist())
+    assert all(s[4] == {} for s in steps[:-1])
+    assert steps[-1][4]["equity"] == env.history()["equity"][-1]
+    final = steps[-1][4]["episode_metrics"]
+    assert tuple(final) == EPISODE_METRIC_NAMES
+    assert all(type(v) in (float, int) for v in final.values())
+    assert len(env.history()["equity"]) == 31
+
+
+def test_actions_may_be_numpy_integers_or_one_element_arrays() -> None:
+    env = TradingEnv(episode_length=5)
+    env.reset(seed=0)
+    env.step(np.int64(1))
+    env.step(np.array(0))
+    env.step(np.array([1]))
+    np.testing.assert_array_equal(env.history()["positions"], [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("action", [2, -1, 0.5, "1", np.array([0, 1])])
+def test_invalid_action_is_rejected(action: Any) -> None:
+    env = TradingEnv(episode_length=5)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not in Discrete"):
+        env.step(action)
+
+
+def test_step_before_reset_asks_for_reset() -> None:
+    with pytest.raises(RuntimeError, match="call reset"):
+        TradingEnv().step(0)
+
+
+def test_training_episodes_never_see_test_rows() -> None:
+    base = synthetic_prices(n_steps=400)
+    shocked = base.close.copy()
+    shocked[320:] *= np.linspace(2.0, 9.0, 80)  # the test rows (the last 20%) differ wildly
+    other = MarketData(base.dates, shocked, base.source)
+    test_start = base.dates[320]
+    for seed in range(20):
+        a, b = TradingEnv(base, episode_length=None), TradingEnv(other, episode_length=None)
+        actions = np.random.default_rng(seed).integers(0, 2, a.episode_length).tolist()
+        for x, y in zip(run(a, actions, seed), run(b, actions, seed), strict=True):
+            np.testing.assert_array_equal(x[0], y[0])
+            assert x[1:4] == y[1:4]
+        assert a.history()["dates"][-1] < test_start
+    short = TradingEnv(base, episode_length=20)
+    for seed in range(50):
+        short.reset(seed=seed)
+        for _ in range(20):
+            short.step(1)
+        assert short.history()["dates"][-1] < test_start
+
+
+def test_test_episodes_trade_only_over_test_rows() -> None:
+    data = synthetic_prices(n_steps=400)
+    env = TradingEnv({"n_steps": 400, "test_fraction": 0.25}, split="test", episode_length=None)
+    assert env.episode_length == 99  # 100 test rows: 99 steps between them
+    run(env, [1] * 99)
+    history = env.history()
+    np.testing.assert_array_equal(history["dates"], data.dates[300:])
+    assert env.split_rows == (300, 400)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window_size": 0}, "env.window_size must be an integer >= 1, got 0"),
+        ({"fee": -1}, "env.fee must be >= 0, got -1"),
+        ({"fee": 1.5}, "env.fee must be < 1"),
+        ({"episode_length": 0}, "env.episode_length"),
+        ({"initial_cash": 0.0}, "env.initial_cash must be > 0"),
+        ({"reward": "sharpe"}, "env.reward must be one of log_return, profit"),
+        ({"split": "validation"}, "env.split must be one of train, test, all"),
+        ({"data": {"source": "synthetic", "test_fraction": 0.0}, "split": "test"}, "no test rows"),
+        ({"data": {"bogus": 1}}, "unknown key"),
+    ],
+)
+def test_bad_env_value_is_a_config_error_naming_the_key(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TradingEnv(**kwargs)
+
+
+def test_episode_longer_than_the_split_is_a_config_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"env.episode_length=2000 does not fit the train split.*1569 steps"
+    ):
+        TradingEnv(episode_length=2000)
+
+
+def test_window_longer_than_the_data_is_a_data_error_naming_the_source() -> None:
+    with pytest.raises(
+        DataError, match=r"hand-made: too few rows for the train split with window_size=5"
+    ):
+        TradingEnv(prices(1.0, 2.0, 3.0, 4.0, 5.0, 6.0), window_size=5)
