@@ -46,7 +46,7 @@ def run_dirname(name: str | None, override_dirname: str | None) -> str:
     raw = ",".join(parts) or "default"
     safe = quote(raw, safe="=,+-_.:@[]")
     if safe in (".", ".."):
-        safe = quote(safe, safe="")
+        safe = safe.replace(".", "%2E")
     if len(safe) > _MAX_DIRNAME:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
         safe = f"{safe[: _MAX_DIRNAME - 13]}~{digest}"
@@ -74,6 +74,14 @@ _ALIASES = {"--auto-resume": "resume=auto"}
 _VALUE_ALIASES = {"--resume": "resume", "--episodes": "episodes"}
 
 
+def _override_value(value: str) -> str:
+    """Quote a value for Hydra's override grammar when it holds special characters (a run
+    directory's path has ``=`` and ``,`` in it)."""
+    if any(c in value for c in "=,[]{}()'\" \\"):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return value
+
+
 def translate_guide_flags(argv: list[str]) -> list[str]:
     """Rewrite the user's guide flags (``--auto-resume``, ``--resume X``, ``--episodes N``) as overrides."""
     out: list[str] = []
@@ -84,9 +92,9 @@ def translate_guide_flags(argv: list[str]) -> list[str]:
         if arg in _ALIASES:
             out.append(_ALIASES[arg])
         elif key in _VALUE_ALIASES and eq:
-            out.append(f"{_VALUE_ALIASES[key]}={value}")
+            out.append(f"{_VALUE_ALIASES[key]}={_override_value(value)}")
         elif arg in _VALUE_ALIASES and i + 1 < len(argv):
-            out.append(f"{_VALUE_ALIASES[arg]}={argv[i + 1]}")
+            out.append(f"{_VALUE_ALIASES[arg]}={_override_value(argv[i + 1])}")
             i += 1
         else:
             out.append(arg)
@@ -104,11 +112,14 @@ class _ConsoleFormatter(logging.Formatter):
         return message
 
 
-def _setup_logging(run_dir: Path) -> logging.Handler:
-    root = logging.getLogger()
-    for handler in root.handlers:
+def _format_console() -> None:
+    for handler in logging.getLogger().handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setFormatter(_ConsoleFormatter("%(message)s"))
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    root = logging.getLogger()
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(run_dir / "logs" / "finsense.log", encoding="utf-8")
     file_handler.setFormatter(
@@ -127,11 +138,32 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from finsense.checkpoint import CheckpointManager, RunLock
     from finsense.device import resolve_device, set_torch_threads
     from finsense.envs.trading import TradingEnv
-    from finsense.trainer import Trainer, TrainSettings
+    from finsense.trainer import Trainer, TrainSettings, seed_everything
 
     validate(cfg)
     device = resolve_device(cfg.device)
     plain = to_plain(cfg)
+
+    # Build everything that can fail on bad input before touching the run directory.
+    set_torch_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    env = TradingEnv(split="train", **plain["env"])
+    agent_kwargs = {k: v for k, v in plain["agent"].items() if k != "name"}
+    agent_kwargs["hidden_sizes"] = tuple(agent_kwargs["hidden_sizes"])
+    agent = DQNAgent(
+        int(env.observation_space.shape[0]),
+        int(env.action_space.n),
+        DQNConfig(**agent_kwargs),
+        seed=cfg.seed,
+        device=device,
+    )
+    settings = TrainSettings(
+        episodes=cfg.episodes,
+        seed=cfg.seed,
+        save_frequency=cfg.checkpoints.save_frequency,
+        save_every_minutes=cfg.checkpoints.save_every_minutes,
+        progress=cfg.progress,
+    )
 
     with RunLock(run_dir):
         manager = CheckpointManager(
@@ -142,36 +174,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             mode=cfg.checkpoints.mode,
             map_location=str(device),
         )
+        hook = _EpisodeHook(cfg, plain["env"], agent, run_dir)
+        trainer = Trainer(env, agent, manager, run_dir, settings, config=plain, on_episode=hook)
         file_handler = _setup_logging(run_dir)
         try:
-            set_torch_threads(cfg.threads)
-            env_kwargs: dict[str, Any] = dict(plain["env"])
-            env = TradingEnv(split="train", **env_kwargs)
-            agent_kwargs = {k: v for k, v in plain["agent"].items() if k != "name"}
-            agent_kwargs["hidden_sizes"] = tuple(agent_kwargs["hidden_sizes"])
-            agent = DQNAgent(
-                int(env.observation_space.shape[0]),
-                int(env.action_space.n),
-                DQNConfig(**agent_kwargs),
-                seed=cfg.seed,
-                device=device,
-            )
-            trainer = Trainer(
-                env,
-                agent,
-                manager,
-                run_dir,
-                TrainSettings(
-                    episodes=cfg.episodes,
-                    seed=cfg.seed,
-                    save_frequency=cfg.checkpoints.save_frequency,
-                    save_every_minutes=cfg.checkpoints.save_every_minutes,
-                    progress=cfg.progress,
-                ),
-                config=plain,
-            )
             result = trainer.run(resume=str(cfg.resume))
         finally:
+            hook.close()
             logging.getLogger().removeHandler(file_handler)
             file_handler.close()
 
@@ -191,6 +200,55 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if not result.already_complete:
         _print_summary(result, run_dir)
     return result.best_value
+
+
+class _EpisodeHook:
+    """After each episode: the test-split evaluation (``eval_every``) and the TensorBoard logger.
+
+    With ``eval_every=N`` the greedy policy is evaluated every N episodes and at every checkpoint
+    episode (so a ``test_*`` ``metric_name`` ranks every checkpoint); other rows carry NaN so
+    ``metrics.csv`` keeps one set of columns.
+    """
+
+    def __init__(self, cfg: DictConfig, env_config: dict[str, Any], agent: Any, run_dir: Path) -> None:
+        self.eval_every = int(cfg.eval_every)
+        self.save_frequency = int(cfg.checkpoints.save_frequency)
+        self.episodes = int(cfg.episodes)
+        self.logger_kind = str(cfg.logger)
+        self.env_config = env_config
+        self.agent = agent
+        self.run_dir = run_dir
+        self.logger: Any = None
+
+    def __call__(self, episode: int, row: dict[str, Any]) -> dict[str, Any]:
+        from finsense.config import EPISODE_METRIC_NAMES
+
+        extra: dict[str, Any] = {}
+        if self.eval_every > 0:
+            due = (
+                episode % self.eval_every == 0
+                or episode % self.save_frequency == 0
+                or episode == self.episodes
+            )
+            if due:
+                from finsense.evaluation import test_metrics
+
+                extra = test_metrics(self.agent.q_network, self.env_config)
+            else:
+                extra = {f"test_{name}": math.nan for name in EPISODE_METRIC_NAMES}
+        if self.logger_kind == "tensorboard":
+            if self.logger is None:
+                from finsense.loggers import open_logger
+
+                # Opened at the first episode of this session: points after it are purged.
+                self.logger = open_logger(self.logger_kind, self.run_dir, start_episode=episode - 1)
+            self.logger.log(episode, {**row, **extra})
+        return extra
+
+    def close(self) -> None:
+        """Flush and close the logger, if one was opened."""
+        if self.logger is not None:
+            self.logger.close()
 
 
 class _Interrupted(Exception):
@@ -228,6 +286,7 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    _format_console()
     try:
         return train(cfg, run_dir)
     except FinSenseError as err:

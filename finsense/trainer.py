@@ -103,6 +103,18 @@ class TrainResult:
         return math.nan if value is None else float(value)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global python, numpy and torch generators, so a fresh run's whole state is a
+    function of its seed (the agent saves and restores them; resumed runs continue them)."""
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def episode_seed(seed: int, episode: int) -> int:
     """The env reset seed of ``episode``: a function of the run seed and the episode alone."""
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
@@ -339,7 +351,7 @@ class Trainer:
         if start > 0:
             log.info("Resuming training from episode %d/%d", start + 1, total)
         else:
-            log.info("Starting training: %d episodes in %s", total, self._rel(self.run_dir))
+            log.info("Starting training: %d episodes in %s", total, self.run_dir)
         self.metrics_log.truncate_after(start)
 
         interrupt = GracefulInterrupt()
@@ -427,9 +439,11 @@ class Trainer:
         def line(episode: int, row: dict[str, Any]) -> str:
             value = row.get(metric, math.nan)
             shown = f"{value:,.2f}" if isinstance(value, int | float) else str(value)
+            profit = ""
+            if metric != "total_profit":
+                profit = f"total_profit={row.get('total_profit', math.nan):,.2f}  "
             return (
-                f"Episode {episode}/{total}  {metric}={shown}  "
-                f"profit={row.get('total_profit', math.nan):,.2f}  "
+                f"Episode {episode}/{total}  {metric}={shown}  {profit}"
                 f"epsilon={row['epsilon']:.3f}  steps={row['steps']}  ({row['seconds']:.2f}s)"
             )
 

@@ -116,3 +116,12 @@ def test_config_drift_separates_structural_changes() -> None:
     structural, other = config_drift(saved, current)
     assert structural == ["agent.hidden_sizes: [64, 64] -> [128]"]
     assert other == ["agent.learning_rate: 0.001 -> 0.0003"]
+
+
+def test_guide_resume_flag_quotes_paths_with_override_characters() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = "outputs/agent.gamma=0.9,seed=1/models/model_ep4.pt"
+    (override,) = translate_guide_flags(["--resume", path])
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    assert parsed.key_or_group == "resume" and parsed.value() == path

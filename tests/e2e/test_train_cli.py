@@ -16,8 +16,12 @@ from tests.e2e.conftest import assert_same_state, load_checkpoint_tensors, run_d
 pytestmark = pytest.mark.slow
 
 
-def _run_dir(tmp_path: Path, name: str = "default") -> Path:
-    return tmp_path / "outputs" / name
+def _run_dir(tmp_path: Path, name: str | None = None) -> Path:
+    """The run directory of a TINY run (its overrides are part of the name), by run name."""
+    prefix = f"{name}," if name else "agent."
+    found = [p for p in (tmp_path / "outputs").glob("*") if p.name.startswith(prefix)]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_quick_test_scenario_second_run_is_already_complete_and_touches_nothing(
@@ -75,10 +79,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
     rng = random.Random(1234)
-    run_dir = _run_dir(tmp_path, "killed")
+    run_dir = tmp_path / "killed"
     kills = 0
     for _ in range(4):
-        proc = start_train(episodes, "name=killed")
+        proc = start_train(episodes, f"hydra.run.dir={run_dir}")
         # Kill only once training is under way; the moment within the episode loop is random.
         wait_for(lambda: (run_dir / "metrics.csv").exists() or proc.poll() is not None)
         time.sleep(rng.uniform(0.0, 1.5))
@@ -88,7 +92,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
         proc.wait()
         kills += 1
     assert kills >= 1
-    final = train_cmd(episodes, "name=killed")
+    final = train_cmd(episodes, f"hydra.run.dir={run_dir}")
     assert final.returncode == 0, final.stdout + final.stderr
     assert_same_state(
         load_checkpoint_tensors(_run_dir(tmp_path, "reference") / "models", 24),
@@ -102,8 +106,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
 def test_signal_finishes_episode_saves_off_grid_and_resumes(
     tmp_path: Path, train_cmd, start_train, sig: int, code: int
 ) -> None:
-    run_dir = _run_dir(tmp_path)
-    proc = start_train("episodes=400", "checkpoints.save_frequency=100")
+    run_dir = tmp_path / "run"
+    at = f"hydra.run.dir={run_dir}"
+    proc = start_train("episodes=400", "checkpoints.save_frequency=100", at)
     wait_for(lambda: (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 3)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -115,7 +120,7 @@ def test_signal_finishes_episode_saves_off_grid_and_resumes(
     assert 0 < episode < 100
     assert f"Interrupted at episode {episode};" in out
 
-    resumed = train_cmd(f"episodes={episode + 2}", "checkpoints.save_frequency=100")
+    resumed = train_cmd(f"episodes={episode + 2}", "checkpoints.save_frequency=100", at)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Auto-resuming from episode {episode}: models/model_ep{episode}.pt" in resumed.stdout
     assert f"Resuming training from episode {episode + 1}/{episode + 2}" in resumed.stdout
@@ -124,13 +129,14 @@ def test_signal_finishes_episode_saves_off_grid_and_resumes(
 def test_proper_test_scenario_ctrl_c_after_episode_ten_then_resume_matches_uninterrupted(
     tmp_path: Path, train_cmd, start_train
 ) -> None:
-    run_dir = _run_dir(tmp_path, "proper")
-    proc = start_train("--episodes", "20", "--auto-resume", "name=proper", "checkpoints.save_frequency=10")
+    run_dir = tmp_path / "proper"
+    at = f"hydra.run.dir={run_dir}"
+    proc = start_train("--episodes", "20", "--auto-resume", at, "checkpoints.save_frequency=10")
     wait_for(lambda: (run_dir / "models" / "model_ep10.json").exists())
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
-    resumed = train_cmd("--episodes", "20", "--auto-resume", "name=proper", "checkpoints.save_frequency=10")
+    resumed = train_cmd("--episodes", "20", "--auto-resume", at, "checkpoints.save_frequency=10")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Auto-resuming from episode" in resumed.stdout
     straight = train_cmd("--episodes", "20", "name=straight", "checkpoints.save_frequency=10")
@@ -142,10 +148,10 @@ def test_proper_test_scenario_ctrl_c_after_episode_ten_then_resume_matches_unint
 
 
 def test_second_writer_on_the_same_run_is_refused(tmp_path: Path, train_cmd, start_train) -> None:
-    run_dir = _run_dir(tmp_path)
-    first = start_train("episodes=400")
+    run_dir = tmp_path / "run"
+    first = start_train("episodes=400", f"hydra.run.dir={run_dir}")
     wait_for(lambda: (run_dir / "metrics.csv").exists())
-    second = train_cmd("episodes=400")
+    second = train_cmd("episodes=400", f"hydra.run.dir={run_dir}")
     assert second.returncode == 3
     combined = second.stdout + second.stderr
     assert "in use" in combined and "Traceback" not in combined

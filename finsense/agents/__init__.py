@@ -1,0 +1,19 @@
+"""DQN agents: the learner, its Q-network and its replay buffer."""
+
+from __future__ import annotations
+
+from finsense.agents.buffer import Batch, ReplayBuffer
+from finsense.agents.dqn import DQNAgent, DQNConfig, greedy_action, td_target
+from finsense.agents.networks import QNetwork
+from finsense.agents.optim import FlatAdam
+
+__all__ = [
+    "Batch",
+    "DQNAgent",
+    "DQNConfig",
+    "FlatAdam",
+    "QNetwork",
+    "ReplayBuffer",
+    "greedy_action",
+    "td_target",
+]

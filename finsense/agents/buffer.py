@@ -1,0 +1,129 @@
+"""Experience replay: a preallocated ring of transitions, sampled uniformly with a given generator."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from finsense.errors import ConfigError
+
+
+class Batch(NamedTuple):
+    """A minibatch of transitions, as tensors on the learning device."""
+
+    observations: Tensor  # (batch, obs_dim) float32
+    actions: Tensor  # (batch, 1) int64
+    rewards: Tensor  # (batch, 1) float32
+    dones: Tensor  # (batch, 1) float32: 1.0 where the episode terminated (no bootstrapping)
+    next_observations: Tensor  # (batch, obs_dim) float32
+    both_observations: Tensor  # (2 * batch, obs_dim): observations, then next_observations
+
+
+class ReplayBuffer:
+    """The last ``capacity`` transitions ``(s, a, r, s', terminated)`` in preallocated CPU memory.
+
+    Samples are moved to ``device`` (the learner's); storage stays in CPU memory either way.
+
+    Storage is torch tensors whose memory numpy arrays share, so :meth:`add` is a few numpy row
+    writes and :meth:`sample` a few ``index_select`` calls, with no copies in between. ``s`` and
+    ``s'`` live in one ``(2, capacity, obs_dim)`` tensor, so a sample of both is one gather and
+    comes out as one contiguous block.
+
+    Only ``terminated`` is stored as ``done``: an episode cut by a time limit (``truncated``) still
+    bootstraps from its next state.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, device: torch.device | str = "cpu") -> None:
+        self.capacity = int(capacity)
+        self.obs_dim = int(obs_dim)
+        self.device = torch.device(device)
+        self.observations = torch.zeros((2, self.capacity, self.obs_dim), dtype=torch.float32)
+        # Columns of one, so that a sample is (batch, 1) like the Q-values gathered with it.
+        self.actions = torch.zeros((self.capacity, 1), dtype=torch.int64)
+        self.rewards = torch.zeros((self.capacity, 1), dtype=torch.float32)
+        self.dones = torch.zeros((self.capacity, 1), dtype=torch.float32)
+        # Writable numpy views of the same memory.
+        self._obs = self.observations.numpy()
+        self._actions = self.actions.numpy()
+        self._rewards = self.rewards.numpy()
+        self._dones = self.dones.numpy()
+        self.pos = 0  # the row the next transition is written to
+        self.fill = 0  # how many rows hold transitions
+
+    def __len__(self) -> int:
+        return self.fill
+
+    def add(
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+    ) -> None:
+        """Store one transition, overwriting the oldest once the buffer is full."""
+        pos = self.pos
+        self._obs[0, pos] = obs
+        self._obs[1, pos] = next_obs
+        self._actions[pos] = action
+        self._rewards[pos] = reward
+        self._dones[pos] = terminated
+        pos += 1
+        self.pos = 0 if pos == self.capacity else pos
+        if self.fill < self.capacity:
+            self.fill += 1
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
+        """``batch_size`` transitions drawn uniformly, with replacement, using ``rng``."""
+        if self.fill == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        index = torch.from_numpy(rng.integers(0, self.fill, size=batch_size))
+        both = self.observations.index_select(1, index)
+        actions = self.actions.index_select(0, index)
+        rewards = self.rewards.index_select(0, index)
+        dones = self.dones.index_select(0, index)
+        if self.device.type != "cpu":
+            both, actions = both.to(self.device), actions.to(self.device)
+            rewards, dones = rewards.to(self.device), dones.to(self.device)
+        return Batch(both[0], actions, rewards, dones, both[1], both.view(-1, self.obs_dim))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored transitions (copies of the filled rows) with the ring's position and fill."""
+        n = self.fill
+        return {
+            "capacity": self.capacity,
+            "obs_dim": self.obs_dim,
+            "pos": self.pos,
+            "fill": n,
+            "observations": self.observations[:, :n].clone(),
+            "actions": self.actions[:n].clone(),
+            "rewards": self.rewards[:n].clone(),
+            "dones": self.dones[:n].clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; the capacity and ``obs_dim`` must match."""
+        if int(state["capacity"]) != self.capacity:
+            raise ConfigError(
+                f"checkpoint replay buffer holds {state['capacity']} transitions != config "
+                f"agent.buffer_size={self.capacity}; set agent.buffer_size={state['capacity']} "
+                "to resume this run"
+            )
+        if int(state["obs_dim"]) != self.obs_dim:
+            raise ConfigError(
+                f"checkpoint replay buffer observations have {state['obs_dim']} values != "
+                f"{self.obs_dim} for this env; resume with the env settings of the checkpoint"
+            )
+        n = int(state["fill"])
+        for name in ("observations", "actions", "rewards", "dones"):
+            target: Tensor = getattr(self, name)
+            target.zero_()
+            if name == "observations":
+                target[:, :n] = state[name]
+            else:
+                target[:n] = state[name]
+        self.fill = n
+        self.pos = int(state["pos"])

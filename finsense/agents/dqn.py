@@ -1,0 +1,431 @@
+"""Deep Q-learning (Mnih et al., 2015) with Double DQN targets (van Hasselt et al., 2016).
+
+One training step, in the order of the algorithm: act epsilon-greedily (:meth:`DQNAgent.act`),
+store the transition (:meth:`DQNAgent.observe`), and every ``train_freq`` steps sample a minibatch,
+compute the TD target without gradients, take the Huber loss, step Adam on clipped gradients
+(:meth:`DQNAgent.learn`), and every ``target_update_interval`` steps copy the online network into
+the target network.
+
+Everything the agent needs to continue exactly after a restart is in :meth:`DQNAgent.state_dict`,
+as tensors and plain Python values (``torch.load(..., weights_only=True)`` reads it back).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from finsense.agents.buffer import ReplayBuffer
+from finsense.agents.networks import QNetwork
+from finsense.agents.optim import FlatAdam
+from finsense.device import resolve_device
+from finsense.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """DQN hyperparameters; names follow Stable-Baselines3's ``DQN`` where it has one.
+
+    Steps are env steps (transitions observed by the agent), counted over the agent's whole life,
+    across restarts.
+    """
+
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    buffer_size: int = 50_000
+    """Replay buffer capacity in transitions; the oldest are overwritten first."""
+    learning_starts: int = 1_000
+    """Steps of pure collection before the first gradient step."""
+    batch_size: int = 64
+    """Transitions per gradient step, sampled uniformly with replacement."""
+    gamma: float = 0.99
+    """Discount factor per step."""
+    train_freq: int = 4
+    """Run ``gradient_steps`` gradient steps every this many env steps."""
+    gradient_steps: int = 1
+    """Gradient steps per training round."""
+    target_update_interval: int = 1_000
+    """Copy the online network into the target network every this many env steps."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Units of each hidden ReLU layer of the Q-network."""
+    max_grad_norm: float = 10.0
+    """Clip the gradient's global L2 norm to this value."""
+    double_q: bool = True
+    """Double DQN: the online network picks the next action, the target network values it."""
+    dueling: bool = False
+    """Dueling head: Q = V + A - mean(A)."""
+    epsilon_start: float = 1.0
+    """Exploration rate at step 0."""
+    epsilon_end: float = 0.05
+    """Exploration rate once ``exploration_steps`` steps are done."""
+    exploration_steps: int = 20_000
+    """Steps over which epsilon falls linearly from start to end (the agent's own steps, so a run
+    extended to more episodes explores exactly as if it had been that long from the start)."""
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; a tuple keeps the config hashable and frozen in spirit.
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first ``agent.<key>`` out of range."""
+
+        def require(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"agent.{key} {rule}, got {getattr(self, key)!r}")
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int):
+                require(is_int(value), f.name, "must be an integer")
+            elif f.type in ("float", float):
+                ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+                require(ok and math.isfinite(value), f.name, "must be a finite number")
+            elif f.type in ("bool", bool):
+                require(isinstance(value, bool | np.bool_), f.name, "must be true or false")
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.buffer_size >= 1, "buffer_size", "must be >= 1")
+        require(self.learning_starts >= 0, "learning_starts", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
+        require(self.train_freq >= 1, "train_freq", "must be >= 1")
+        require(self.gradient_steps >= 1, "gradient_steps", "must be >= 1")
+        require(self.target_update_interval >= 1, "target_update_interval", "must be >= 1")
+        require(
+            len(self.hidden_sizes) >= 1 and all(is_int(h) and h >= 1 for h in self.hidden_sizes),
+            "hidden_sizes",
+            "must be a non-empty list of positive integers",
+        )
+        require(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        require(0.0 <= self.epsilon_start <= 1.0, "epsilon_start", "must be in [0, 1]")
+        require(0.0 <= self.epsilon_end <= 1.0, "epsilon_end", "must be in [0, 1]")
+        require(self.exploration_steps >= 0, "exploration_steps", "must be >= 0")
+
+
+class DQNAgent:
+    """A DQN learner for a discrete action space and a flat float32 observation.
+
+    Args:
+        obs_dim: length of an observation vector.
+        n_actions: number of discrete actions.
+        config: hyperparameters (validated).
+        seed: seeds the network initialisation and the agent's own random generator (epsilon
+            draws and minibatch sampling); the global ``random``/numpy/torch generators are not
+            touched by construction.
+        device: where the networks learn (``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a
+            ``torch.device``). The replay buffer stays in CPU memory.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        config: DQNConfig = DQNConfig(),  # noqa: B008 - frozen, so one shared default is safe
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.obs_dim = int(obs_dim)
+        self.n_actions = int(n_actions)
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self._rng = np.random.default_rng(seed)
+
+        with torch.random.fork_rng(devices=[]):  # leaves the global CPU generator as it was
+            torch.default_generator.manual_seed(seed)
+            self.q_network = QNetwork(obs_dim, n_actions, config.hidden_sizes, config.dueling)
+        self.target_network = copy.deepcopy(self.q_network)
+        self.q_network.to(self.device)
+        self.target_network.to(self.device)
+        # Each network's parameters (and the online one's gradients) are views of one flat
+        # tensor: Adam, the gradient norm and the target sync are one tensor op each.
+        self._params, self._grads = self.q_network.flatten_()
+        self._target_params, _ = self.target_network.flatten_()
+        self.optimizer = FlatAdam(self._params, lr=config.learning_rate)
+        self.buffer = ReplayBuffer(config.buffer_size, obs_dim, self.device)
+        self._steps = 0
+        self._episodes = 0
+
+    # -- counters ---------------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Transitions observed so far (over the agent's whole life, restarts included)."""
+        return self._steps
+
+    @property
+    def episodes(self) -> int:
+        """Episodes ended so far (:meth:`end_episode` calls)."""
+        return self._episodes
+
+    @property
+    def epsilon(self) -> float:
+        """The exploration rate now: linear in :attr:`steps` from start to end, then constant."""
+        cfg = self.config
+        if self._steps >= cfg.exploration_steps:
+            return cfg.epsilon_end
+        fraction = self._steps / cfg.exploration_steps
+        return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
+
+    # -- acting and learning ----------------------------------------------------------------
+    def act(self, obs: np.ndarray, explore: bool = True) -> int:
+        """The action for ``obs``: epsilon-greedy when ``explore``, else greedy.
+
+        Exploring draws one uniform number (and a uniform action when it explores) from the
+        agent's generator; greedy acting draws nothing, so evaluating mid-training does not change
+        the course of training.
+        """
+        if explore and self._rng.random() < self.epsilon:
+            return int(self._rng.integers(self.n_actions))
+        with torch.inference_mode():
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            return int(self.q_network.forward(x).argmax())
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: int,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+    ) -> float | None:
+        """Store a transition, count the step, and train when due.
+
+        Gradient steps run when ``steps >= learning_starts`` and ``steps % train_freq == 0``;
+        the target network is synced when ``steps % target_update_interval == 0`` (after that
+        step's training).
+
+        Returns:
+            The loss of the last gradient step taken now, or ``None`` if none was.
+        """
+        cfg = self.config
+        self.buffer.add(obs, action, reward, next_obs, terminated)
+        self._steps += 1
+        loss = None
+        if self._steps >= cfg.learning_starts and self._steps % cfg.train_freq == 0:
+            for _ in range(cfg.gradient_steps):
+                loss = self.learn()
+        if self._steps % cfg.target_update_interval == 0:
+            self.sync_target()
+        return loss
+
+    def learn(self) -> float:
+        """One gradient step on a minibatch from the replay buffer; returns its Huber loss."""
+        cfg = self.config
+        batch = self.buffer.sample(self._rng, cfg.batch_size)
+        n = cfg.batch_size
+        # Q(s, .), and for Double DQN also the online Q(s', .), in one forward pass.
+        q_all, cache = self.q_network.forward_cached(
+            batch.both_observations if cfg.double_q else batch.observations
+        )
+        q = q_all[:n]
+
+        # TD target y = r + gamma * (1 - terminated) * Q_target(s', a'), no gradient through it.
+        target = td_target(
+            batch.rewards,
+            batch.dones,
+            cfg.gamma,
+            self.target_network.forward_flat(batch.next_observations),
+            q_all[n:] if cfg.double_q else None,
+        )
+
+        # Huber loss (delta 1) of the TD error d = Q(s, a) - y: with c = clamp(d, -1, 1) it is
+        # mean(c * (d - c / 2)), and its gradient dL/dQ(s, a) is c / n.
+        td_error = q.gather(1, batch.actions).sub_(target)
+        clipped = td_error.clamp(-1.0, 1.0)
+        loss = torch.dot(clipped.view(-1), td_error.sub_(clipped, alpha=0.5).view(-1))
+        grad_q = torch.zeros_like(q).scatter_(1, batch.actions, clipped.div_(n))
+
+        # Backpropagate, clip the global gradient norm as clip_grad_norm_ does, step Adam.
+        self.q_network.backward_cached(cache, grad_q)
+        scale = cfg.max_grad_norm / (float(torch.linalg.vector_norm(self._grads)) + 1e-6)
+        if scale < 1.0:
+            self._grads.mul_(scale)
+        self.optimizer.step()
+        return float(loss) / n
+
+    def sync_target(self) -> None:
+        """Copy the online network's parameters into the target network."""
+        self._target_params.copy_(self._params)
+
+    def end_episode(self) -> None:
+        """Count a finished episode."""
+        self._episodes += 1
+
+    # -- state ------------------------------------------------------------------------------
+    def policy_state_dict(self) -> dict[str, Any]:
+        """The online network alone: ``{"arch": {...}, "weights": {...}}`` (for evaluation)."""
+        return {
+            "arch": self.q_network.arch,
+            "weights": {k: v.detach().clone() for k, v in self.q_network.state_dict().items()},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: ``{"policy": ..., "training": ...}``.
+
+        ``policy`` is :meth:`policy_state_dict`. ``training`` holds the target network, the Adam
+        state, the replay buffer (filled rows, position, fill), the step and episode counters,
+        epsilon (for reading; it follows from the steps), and the states of the agent's generator
+        and of the global python ``random``, numpy and torch (and CUDA) generators. All of it is
+        tensors and plain Python values, copied: later training does not change it.
+        """
+        return {
+            "policy": self.policy_state_dict(),
+            "training": {
+                "target": {k: v.clone() for k, v in self.target_network.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "steps": self._steps,
+                "episodes": self._episodes,
+                "epsilon": self.epsilon,
+                "rng": {
+                    "agent": self._rng.bit_generator.state,
+                    **_global_rng_state(self.device),
+                },
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, global random generators included.
+
+        The learning rate stays this agent's ``config.learning_rate`` (a changed value takes
+        effect on resume); the network's shape and the buffer size must match the checkpoint's.
+
+        Raises:
+            ConfigError: the checkpoint's network shape or buffer size differs from this agent's.
+            CheckpointError: ``state`` lacks its ``training`` part.
+        """
+        self._check_arch(state["policy"]["arch"])
+        if "training" not in state:
+            raise CheckpointError(
+                "state has no 'training' part (target network, optimizer, replay buffer); "
+                "it can be evaluated with DQNAgent.load_policy but not resumed"
+            )
+        training = state["training"]
+        self.buffer.load_state_dict(training["buffer"])
+        self.q_network.load_state_dict(state["policy"]["weights"])
+        self.target_network.load_state_dict(training["target"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self._steps = int(training["steps"])
+        self._episodes = int(training["episodes"])
+        rng = training["rng"]
+        self._rng.bit_generator.state = rng["agent"]
+        _set_global_rng_state(rng, self.device)
+
+    def _check_arch(self, arch: Mapping[str, Any]) -> None:
+        mine = self.q_network.arch
+        differences = []
+        if list(arch["hidden_sizes"]) != mine["hidden_sizes"]:
+            differences.append(
+                f"checkpoint network {list(arch['hidden_sizes'])} != config "
+                f"agent.hidden_sizes={mine['hidden_sizes']}"
+            )
+        if bool(arch["dueling"]) != mine["dueling"]:
+            differences.append(
+                f"checkpoint dueling={arch['dueling']} != config agent.dueling={mine['dueling']}"
+            )
+        for key, what in (("obs_dim", "observation size"), ("n_actions", "number of actions")):
+            if int(arch[key]) != mine[key]:
+                differences.append(f"checkpoint {what} {arch[key]} != env's {mine[key]}")
+        if differences:
+            raise ConfigError(
+                "; ".join(differences) + ". Use the checkpoint's settings to resume it, or "
+                "resume=never / a new name to start afresh"
+            )
+
+    @classmethod
+    def load_policy(
+        cls, policy_state: Mapping[str, Any], device: str | torch.device = "cpu"
+    ) -> QNetwork:
+        """The Q-network of a :meth:`policy_state_dict`, in eval mode, without any training state.
+
+        The greedy action of an observation is ``q_network(obs).argmax(-1)``.
+        """
+        with torch.random.fork_rng(devices=[]):  # the weights are loaded; init draws nothing
+            network = QNetwork.from_arch(policy_state["arch"])
+        network.load_state_dict(policy_state["weights"])
+        target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        return network.to(target).eval()
+
+
+def td_target(
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    q_next_target: torch.Tensor,
+    q_next_online: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The TD target ``y = r + gamma * (1 - done) * Q_target(s', a')``, shape ``(batch, 1)``.
+
+    Args:
+        rewards: ``(batch, 1)`` rewards of the transitions.
+        dones: ``(batch, 1)``, 1.0 where ``s'`` is terminal (then ``y = r``).
+        gamma: discount factor.
+        q_next_target: ``(batch, n_actions)``, the target network's Q-values of ``s'``.
+        q_next_online: ``(batch, n_actions)``, the online network's Q-values of ``s'``. Given:
+            Double DQN, ``a' = argmax_a Q_online(s', a)``; ``None``: DQN,
+            ``a' = argmax_a Q_target(s', a)``.
+    """
+    if q_next_online is not None:
+        q_next = q_next_target.gather(1, q_next_online.argmax(1, keepdim=True))
+    else:
+        q_next = q_next_target.amax(1, keepdim=True)
+    return torch.addcmul(rewards, 1.0 - dones, q_next, value=gamma)
+
+
+def greedy_action(q_network: QNetwork, obs: np.ndarray) -> int:
+    """The action with the highest Q-value for one observation (no gradients)."""
+    device = next(q_network.parameters()).device
+    with torch.inference_mode():
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return int(q_network(x).argmax())
+
+
+# -- global random generators --------------------------------------------------------------------
+def _global_rng_state(device: torch.device) -> dict[str, Any]:
+    """Python ``random``, numpy's legacy global and torch's generators as tensors/plain values."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_global_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,1193 @@
+"""The checkpoint store: every file under a run's ``models/`` directory, and the run lock.
+
+It knows files, not reinforcement learning: it saves and loads dicts of tensors and plain Python
+values plus a JSON metadata dict. It never imports the agent, the env or Hydra.
+
+Layout of ``models/`` (``N`` is the episode)::
+
+    model_epN.pt         the small part of a checkpoint (policy weights, ...)
+    model_epN.train.pt   the large part (replay buffer, optimizer, RNG states), when there is one
+    model_epN.json       metadata + the SHA-256 and size of both files; written last, it is what
+                         makes the checkpoint count
+    best_model.pt / best_model.train.pt / best_model.json   the best episode so far (hard links)
+    *.corrupt[.K]        files that failed verification, set aside and never deleted
+    archive/<UTC time>/  an older history, moved aside by :meth:`CheckpointManager.archive`
+
+Rules the store keeps:
+
+- A visible checkpoint is a complete one: every file is written to a temporary name in the same
+  directory (``.<name>.tmp-<pid>-<hex>``), fsynced and renamed; the JSON comes last. A crash at any
+  instant leaves the old set or the new one; what it leaves behind (temporary files, a ``.pt``
+  without its JSON) is cleaned up by the next scan.
+- A checkpoint is data, never code: files are always read with ``torch.load(weights_only=True)``.
+- Nothing valid is deleted: rotation removes only old episodic checkpoints after a successful
+  save; damaged files are renamed aside; ``best_model.*`` is never rotated away.
+- One writer per run directory: :class:`RunLock`. While another process holds the lock of the run
+  this ``models/`` directory belongs to (its parent), scans only read: they skip damaged files
+  instead of renaming them, so a status or evaluation command cannot disturb a running trainer.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from finsense.errors import CheckpointError, ConfigError, RunLockedError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LOCK_FILE",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "RunLock",
+    "read_json",
+    "write_json_atomic",
+]
+
+#: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
+FORMAT_VERSION = 1
+#: The file in a run directory that :class:`RunLock` holds an exclusive ``flock`` on.
+LOCK_FILE = ".finsense.lock"
+#: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
+ARCHIVE_DIR = "archive"
+#: Stem of the best checkpoint's files.
+BEST = "best_model"
+MODES = ("max", "min")
+
+_EPISODIC = re.compile(r"^model_ep(0|[1-9][0-9]*)\.(pt|train\.pt|json)$")
+_TMP = re.compile(r"^\..+\.tmp-[0-9]+-[0-9a-f]+$")
+_KIND = {"pt": "model", "train.pt": "training", "json": "json"}
+#: Above this size the SHA-256 is computed in a thread while the bytes are written.
+_PARALLEL_HASH_BYTES = 1 << 20
+
+_tmp_counter = itertools.count()
+#: Run directories (resolved) whose RunLock this process holds.
+_held_locks: set[Path] = set()
+
+
+# -- small file helpers ----------------------------------------------------------------------------
+def _reason(exc: BaseException) -> str:
+    """The OS reason of an error, on one line (``No space left on device``)."""
+    if isinstance(exc, OSError):
+        if exc.strerror:
+            return exc.strerror
+        if exc.errno:
+            return os.strerror(exc.errno)
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The gist of an exception's message on one line (torch's messages run to paragraphs)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+def _tmp_path(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (no random numbers drawn: pid, clock, counter)."""
+    unique = f"{time.time_ns():x}{next(_tmp_counter):x}"
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{unique}")
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("%s: cannot remove (%s)", path, _reason(exc))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (a no-op where the file system cannot do it)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _write_tmp(path: Path, data: bytes | memoryview, *, sha256: bool = False) -> tuple[Path, str]:
+    """Write ``data`` to a new temporary file beside ``path`` and fsync it.
+
+    Returns the temporary path and, when asked, the SHA-256 of ``data`` (computed from the same
+    in-memory bytes while they are written: no second pass over the file). On failure the
+    temporary file is removed and the OSError propagates.
+    """
+    view = memoryview(data).cast("B")
+    digest: list[str] = []
+    hasher: threading.Thread | None = None
+    if sha256 and view.nbytes >= _PARALLEL_HASH_BYTES:
+        # hashlib and os.write both release the GIL on large buffers: hash while writing.
+        hasher = threading.Thread(
+            target=lambda: digest.append(hashlib.sha256(view).hexdigest()), daemon=True
+        )
+    tmp = _tmp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            if hasher is not None:
+                hasher.start()
+            _write_all(fd, view)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            if hasher is not None and hasher.is_alive():
+                hasher.join()
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    if sha256 and not digest:
+        digest.append(hashlib.sha256(view).hexdigest())
+    return tmp, digest[0] if digest else ""
+
+
+def _replace_from(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``; the temporary file is removed if that fails."""
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Atomically make ``target`` a hard link to ``source`` (a fsynced copy where links fail)."""
+    tmp = _tmp_path(target)
+    try:
+        os.link(source, tmp)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.EACCES):
+            raise
+        try:
+            shutil.copyfile(source, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+    _replace_from(tmp, target)
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` as strict JSON: NaN and infinities become null, numpy scalars plain numbers."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Path):
+        return str(value)
+    item = getattr(value, "item", None)  # numpy scalars, 0-d arrays and tensors
+    if callable(item):
+        try:
+            return _jsonable(item(), where)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{where}: a {type(value).__name__} cannot be written to JSON")
+
+
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    text = json.dumps(_jsonable(data, "metadata"), indent=2, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as strict JSON to ``path`` atomically and durably.
+
+    Temporary file in the same directory, fsync, ``os.replace``, fsync of the directory: a reader
+    sees the old file or the new one, never a mix, even after a crash. NaN and infinities are
+    written as ``null``; numpy scalars as plain numbers.
+
+    Raises:
+        OSError: the file cannot be written (the temporary file is removed; ``path`` is unchanged).
+        TypeError: ``data`` holds a value JSON cannot represent.
+    """
+    path = Path(path)
+    tmp, _ = _write_tmp(path, _json_bytes(data))
+    _replace_from(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object stored in ``path``.
+
+    Raises:
+        OSError: the file is missing or unreadable.
+        ValueError: the file is not valid UTF-8 JSON or holds something other than an object.
+    """
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _serialise(obj: Mapping[str, Any], what: str) -> memoryview:
+    """``torch.save(obj)`` into memory, refusing what ``weights_only`` loading would refuse."""
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{what} must be a dict, not a {type(obj).__name__}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    if not _plainly_loadable(obj):
+        try:
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # any refusal means the checkpoint could never be read back
+            raise TypeError(
+                f"{what} holds values that torch.load(weights_only=True) refuses "
+                f"({_one_line(exc)}); keep only tensors and plain Python values in it"
+            ) from exc
+    return data
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device)
+_CONTAINERS = (dict, list, tuple, set, torch.Size, OrderedDict, Counter)
+
+
+def _plainly_loadable(obj: Any) -> bool:
+    """Whether ``obj`` is built only from types that ``weights_only`` loading always accepts."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in (torch.Tensor, torch.nn.Parameter) or isinstance(item, _PLAIN):
+            continue
+        if kind in _CONTAINERS:
+            stack.extend(item.values() if isinstance(item, dict) else item)
+            continue
+        return False
+    return True
+
+
+# -- file names ------------------------------------------------------------------------------------
+def _stem(path: Path) -> str:
+    """``model_ep10`` for ``model_ep10.pt``, ``.train.pt`` or ``.json``."""
+    name = path.name
+    for suffix in (".train.pt", ".pt", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _files(directory: Path, stem: str) -> tuple[Path, Path, Path]:
+    """The model file, its companion (training state) and its JSON."""
+    return directory / f"{stem}.pt", directory / f"{stem}.train.pt", directory / f"{stem}.json"
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A verified checkpoint on disk.
+
+    Attributes:
+        episode: the episode it was saved after (for ``best_model``: the episode it copies);
+            -1 when unknown (a file named by the user without metadata).
+        path: its model file (``models/model_ep10.pt``, ``models/best_model.pt``).
+        metadata: its parsed JSON (caller's keys plus the store's: ``episode``, ``metrics``,
+            ``is_best``, ``metric_name``, ``metric_value``, ``epsilon``, ``format_version``,
+            ``sha256``, ``size_bytes``, ``written_at``).
+    """
+
+    episode: int
+    path: Path
+    metadata: dict[str, Any]
+
+    @property
+    def json_path(self) -> Path:
+        """The metadata file beside the model file."""
+        return _files(self.path.parent, _stem(self.path))[2]
+
+    @property
+    def training_path(self) -> Path | None:
+        """The companion file with the training state, or None when the checkpoint has none."""
+        sums = self.metadata.get("sha256")
+        if isinstance(sums, dict) and sums.get("training"):
+            return _files(self.path.parent, _stem(self.path))[1]
+        return None
+
+    @property
+    def metric_value(self) -> float:
+        """The value of the metric it was ranked by (nan when unrecorded)."""
+        value = self.metadata.get("metric_value")
+        return float(value) if isinstance(value, int | float) else math.nan
+
+
+class _VerifyError(Exception):
+    """A checkpoint failed verification: ``path`` is the file at fault."""
+
+    def __init__(self, path: Path, reason: str, *, set_aside: bool = True) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.set_aside = set_aside  # False for conditions that are not damage (permissions, ...)
+
+
+@dataclass
+class _Listing:
+    """What one ``os.scandir`` of ``models/`` found, by name only."""
+
+    episodes: dict[int, set[str]]  # episode -> kinds present: "pt", "train.pt", "json"
+    best: set[str]  # kinds of best_model.* present
+    tmp: list[str]  # temporary files of unfinished writes
+
+
+@dataclass
+class _Loaded:
+    """A checkpoint verified by a scan, kept until :meth:`CheckpointManager.load` takes it."""
+
+    path: Path
+    keys: tuple[tuple[int, int, int] | None, ...]
+    state: dict[str, Any]
+    training: dict[str, Any] | None
+
+
+class CheckpointManager:
+    """Saves, finds, verifies, rotates and loads the checkpoints of one ``models/`` directory.
+
+    Args:
+        models_dir: the directory (created if missing); its parent is the run directory whose
+            :class:`RunLock` marks the one writer.
+        max_keep: how many episodic checkpoints (``model_ep*``) to keep, newest first; >= 1.
+        save_best: keep ``best_model.*`` as a copy of the best episode by ``metric_name``.
+        metric_name: the key of ``metadata["metrics"]`` that ranks checkpoints.
+        mode: ``max`` (higher is better) or ``min``.
+        map_location: where loaded tensors go (``torch.load``'s ``map_location``).
+
+    Raises:
+        ConfigError: ``max_keep``, ``mode`` or ``metric_name`` is invalid.
+        CheckpointError: ``models_dir`` cannot be created.
+    """
+
+    def __init__(
+        self,
+        models_dir: str | Path,
+        *,
+        max_keep: int = 5,
+        save_best: bool = True,
+        metric_name: str = "total_profit",
+        mode: str = "max",
+        map_location: str = "cpu",
+    ) -> None:
+        if isinstance(max_keep, bool) or not isinstance(max_keep, int) or max_keep < 1:
+            raise ConfigError(
+                f"checkpoints.max_keep={max_keep!r}: must be an integer >= 1 "
+                "(how many episodic checkpoints to keep)"
+            )
+        if mode not in MODES:
+            raise ConfigError(f"checkpoints.mode={mode!r}: must be 'max' or 'min'")
+        if not isinstance(metric_name, str) or not metric_name:
+            raise ConfigError(
+                f"checkpoints.metric_name={metric_name!r}: must name a metric, e.g. total_profit"
+            )
+        self.models_dir = Path(models_dir)
+        self.max_keep = max_keep
+        self.save_best = bool(save_best)
+        self.metric_name = metric_name
+        self.mode = mode
+        self.map_location = map_location
+        self._mutex = threading.RLock()
+        self._loaded: _Loaded | None = None
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{self.models_dir}: cannot create the models directory ({_reason(exc)})"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointManager({str(self.models_dir)!r}, max_keep={self.max_keep}, "
+            f"save_best={self.save_best}, metric_name={self.metric_name!r}, mode={self.mode!r})"
+        )
+
+    # -- saving ------------------------------------------------------------------------------
+    def save(
+        self,
+        episode: int,
+        state: dict[str, Any],
+        metadata: dict[str, Any],
+        *,
+        training_state: dict[str, Any] | None = None,
+    ) -> CheckpointInfo:
+        """Write the checkpoint of ``episode``; update ``best_model.*``; rotate old ones.
+
+        Order: model file, companion, JSON (each to a temporary name, fsynced, renamed), fsync
+        of the directory; then ``best_model.*`` if this episode improves on it; then rotation.
+        Draws no random numbers.
+
+        Args:
+            episode: the episode just finished (>= 0); names the files ``model_ep{episode}.*``.
+            state: the small part (policy weights, ...): tensors and plain Python values.
+            metadata: JSON-able values; must hold ``metrics`` (name -> number) and may hold
+                ``epsilon``, the config, counters. NaN is written as null.
+            training_state: the large part (replay buffer, optimizer, ...), written to the
+                companion ``model_ep{episode}.train.pt``; None for none.
+
+        Returns:
+            The new checkpoint.
+
+        Raises:
+            ConfigError: ``metric_name`` is not a key of ``metadata["metrics"]`` or not a number.
+            CheckpointError: a file could not be written (no space, file too large, permission);
+                temporary files are removed and every earlier checkpoint is still valid.
+        """
+        if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
+            raise ValueError(f"episode must be an int >= 0, not {episode!r}")
+        value = self._metric_of(metadata)
+        model_bytes = _serialise(state, "state")
+        training_bytes = (
+            None if training_state is None else _serialise(training_state, "training_state")
+        )
+        with self._mutex:
+            pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
+            improved = False
+            if self.save_best and not math.isnan(value):
+                current = self._current_best_value()
+                improved = current is None or self._better(value, current)
+            self._loaded = None
+            meta = dict(metadata)
+            meta.update(
+                episode=episode,
+                is_best=improved,
+                metric_name=self.metric_name,
+                metric_value=value,
+                mode=self.mode,
+                epsilon=metadata.get("epsilon"),
+                format_version=FORMAT_VERSION,
+            )
+            meta = self._commit(pt, train, json_path, model_bytes, training_bytes, meta)
+            info = CheckpointInfo(episode, pt, meta)
+            if improved:
+                try:
+                    self._write_best(pt, train if training_bytes is not None else None, dict(meta))
+                except OSError as exc:
+                    raise CheckpointError(
+                        f"{self.models_dir / (BEST + '.pt')}: cannot update the best model "
+                        f"({_reason(exc)}); {pt.name} itself is saved"
+                    ) from exc
+                log.debug("%s is the new best (%s=%s)", pt.name, self.metric_name, value)
+            self._rotate(keep=episode)
+            return info
+
+    def _commit(
+        self,
+        pt: Path,
+        train: Path,
+        json_path: Path,
+        model_bytes: memoryview,
+        training_bytes: memoryview | None,
+        meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Write the files of one checkpoint and return its metadata as written.
+
+        Every file goes to a temporary name first; only then are they renamed, model, companion,
+        JSON, so that a failure while writing (the likely one: no space) changes nothing.
+        """
+        tmps: list[Path] = []
+        renamed: list[Path] = []
+        current = pt  # the file being written, for the error message
+        try:
+            tmp_pt, model_sha = _write_tmp(pt, model_bytes, sha256=True)
+            tmps.append(tmp_pt)
+            tmp_train: Path | None = None
+            training_sha: str | None = None
+            if training_bytes is not None:
+                current = train
+                tmp_train, training_sha = _write_tmp(train, training_bytes, sha256=True)
+                tmps.append(tmp_train)
+            meta["sha256"] = {"model": model_sha, "training": training_sha}
+            meta["size_bytes"] = {
+                "model": model_bytes.nbytes,
+                "training": None if training_bytes is None else training_bytes.nbytes,
+            }
+            meta["written_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            meta = _jsonable(meta, "metadata")
+            current = json_path
+            tmp_json, _ = _write_tmp(json_path, _json_bytes(meta))
+            tmps.append(tmp_json)
+
+            # An older checkpoint of this same episode stops counting before its files change.
+            if os.path.lexists(json_path):
+                os.unlink(json_path)
+            current = pt
+            os.replace(tmp_pt, pt)
+            renamed.append(pt)
+            current = train
+            if tmp_train is not None:
+                os.replace(tmp_train, train)
+                renamed.append(train)
+            elif os.path.lexists(train):
+                os.unlink(train)  # the companion of an older save of this episode
+            current = self.models_dir
+            _fsync_dir(self.models_dir)
+            current = json_path
+            os.replace(tmp_json, json_path)
+            current = self.models_dir
+            _fsync_dir(self.models_dir)
+        except OSError as exc:
+            for tmp in tmps:
+                _remove_quietly(tmp)
+            if not os.path.lexists(json_path):
+                for path in renamed:  # files without their JSON would count for nothing
+                    _remove_quietly(path)
+            raise CheckpointError(
+                f"{current}: cannot save checkpoint {pt.name} ({_reason(exc)}); "
+                "earlier checkpoints are intact"
+            ) from exc
+        return meta
+
+    def _write_best(self, pt: Path, train: Path | None, meta: dict[str, Any]) -> None:
+        """Point ``best_model.*`` at the checkpoint ``pt`` (hard links; JSON last)."""
+        best_pt, best_train, best_json = _files(self.models_dir, BEST)
+        meta["is_best"] = True
+        # The old best stops counting first: a crash below leaves best files without a JSON,
+        # which the next look at the best removes before rebuilding it from the checkpoints.
+        _remove_quietly(best_json)
+        _link_or_copy(pt, best_pt)
+        if train is not None:
+            _link_or_copy(train, best_train)
+        else:
+            _remove_quietly(best_train)
+        _fsync_dir(self.models_dir)
+        write_json_atomic(best_json, meta)
+
+    def _rotate(self, keep: int) -> None:
+        """Remove episodic checkpoints beyond the ``max_keep`` newest (never ``keep``)."""
+        listing = self._scan()
+        saved = sorted((e for e, k in listing.episodes.items() if "json" in k), reverse=True)
+        kept = {keep, *[e for e in saved if e != keep][: self.max_keep - 1]}
+        for episode in saved:
+            if episode in kept:
+                continue
+            pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
+            for path in (json_path, pt, train):  # JSON first: the checkpoint stops counting
+                _remove_quietly(path)
+            log.debug("rotated out %s", pt.name)
+
+    # -- the metric --------------------------------------------------------------------------
+    def _metric_of(self, metadata: Mapping[str, Any]) -> float:
+        """``metadata["metrics"][metric_name]`` as a float (nan for None or NaN)."""
+        metrics = metadata.get("metrics") if isinstance(metadata, Mapping) else None
+        if not isinstance(metrics, Mapping):
+            raise ValueError("metadata must hold a 'metrics' dict")
+        if self.metric_name not in metrics:
+            available = ", ".join(sorted(map(str, metrics))) or "none"
+            raise ConfigError(
+                f"checkpoints.metric_name={self.metric_name!r} is not a metric of the episodes; "
+                f"use one of: {available}"
+            )
+        value = metrics[self.metric_name]
+        if value is None:
+            return math.nan
+        try:
+            if isinstance(value, bool | str):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"checkpoints.metric_name={self.metric_name!r}: the metric is not a number "
+                f"({value!r}); choose a numeric metric"
+            ) from None
+
+    def _better(self, value: float, than: float) -> bool:
+        """Whether ``value`` improves on ``than`` (strictly; nan never does)."""
+        if math.isnan(value):
+            return False
+        return value >= than if self.mode == "max" else value <= than
+
+    def _best_record(self) -> tuple[str, dict[str, Any] | None]:
+        """Read ``best_model.json`` (unverified): ``ok``, ``other`` (another metric or mode),
+        ``missing`` or ``bad``, with its content when it parses."""
+        try:
+            meta = read_json(self.models_dir / f"{BEST}.json")
+        except FileNotFoundError:
+            return "missing", None
+        except (OSError, ValueError):
+            return "bad", None
+        if meta.get("metric_name") != self.metric_name or meta.get("mode", "max") != self.mode:
+            return "other", meta
+        value = meta.get("metric_value")
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return "bad", None
+        return "ok", meta
+
+    def _current_best_value(self) -> float | None:
+        """The best value so far, for a save to compare with.
+
+        When ``best_model.json`` is missing, damaged or ranks by another metric, the best is
+        first rebuilt from the valid checkpoints on disk, so a save never takes a worse
+        checkpoint for the best.
+        """
+        status, meta = self._best_record()
+        if status == "ok" and meta is not None:
+            return float(meta["metric_value"])
+        if status == "bad":
+            self._set_aside(BEST, _VerifyError(self.models_dir / f"{BEST}.json", "unreadable JSON"))
+        elif status == "other" and meta is not None:
+            log.warning(
+                "%s ranks by %s (%s); rebuilding it for %s (%s)",
+                self.models_dir / f"{BEST}.json",
+                meta.get("metric_name"),
+                meta.get("mode", "max"),
+                self.metric_name,
+                self.mode,
+            )
+        info = self._rebuild_best(writable=True)
+        return None if info is None else info.metric_value
+
+    # -- finding -----------------------------------------------------------------------------
+    def _scan(self) -> _Listing:
+        """One ``os.scandir`` of ``models/``, parsed by name (no file is opened)."""
+        listing = _Listing({}, set(), [])
+        with os.scandir(self.models_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("model_ep"):
+                    match = _EPISODIC.match(name)
+                    if match:
+                        listing.episodes.setdefault(int(match[1]), set()).add(match[2])
+                elif name.startswith(BEST):
+                    kind = name[len(BEST) + 1 :]
+                    if kind in _KIND and name[len(BEST)] == ".":
+                        listing.best.add(kind)
+                elif name.startswith(".") and _TMP.match(name):
+                    listing.tmp.append(name)
+        return listing
+
+    def _writable(self) -> bool:
+        """Whether this process may repair the directory: no other process holds the run lock."""
+        run_dir = self.models_dir.parent
+        try:
+            if run_dir.resolve() in _held_locks:
+                return True
+        except OSError:
+            return False
+        return not RunLock.is_locked(run_dir)
+
+    def latest(self) -> CheckpointInfo | None:
+        """The newest valid episodic checkpoint, or None.
+
+        One directory listing; candidates newest first; the first whose JSON parses, whose files
+        match their SHA-256 and which loads safely wins (only it is read). Invalid ones are
+        renamed aside (``*.corrupt``) with a warning naming the file and the reason; temporary
+        files and model files without a JSON (unfinished saves) are removed. While another
+        process holds the run lock nothing is renamed or removed: invalid ones are skipped.
+        """
+        with self._mutex:
+            writable = self._writable()
+            listing = self._scan()
+            if writable:
+                self._clean_unfinished(listing)
+            for episode in sorted(listing.episodes, reverse=True):
+                if "json" not in listing.episodes[episode]:
+                    continue
+                info = self._verified(f"model_ep{episode}", episode, writable)
+                if info is not None:
+                    if writable and self.save_best:
+                        self._complete_best(info)
+                    return info
+            return None
+
+    def all_episodes(self) -> list[int]:
+        """Episodes of the episodic checkpoints on disk (model file and JSON present), ascending.
+
+        From one listing; nothing is read or verified.
+        """
+        listing = self._scan()
+        return sorted(e for e, kinds in listing.episodes.items() if {"pt", "json"} <= kinds)
+
+    def best(self) -> CheckpointInfo | None:
+        """The verified best checkpoint (``best_model.pt``), or None when there is none.
+
+        A damaged ``best_model.*`` is set aside and one left without its JSON by an update cut
+        short is removed; the best is then rebuilt from the valid episodic checkpoints on disk.
+        """
+        with self._mutex:
+            writable = self._writable()
+            listing = self._scan()
+            if "json" in listing.best:
+                info = self._verified(BEST, None, writable)
+                if info is not None:
+                    return info
+            elif not listing.best:
+                return None
+            elif writable:
+                for kind in sorted(listing.best):
+                    log.warning(
+                        "%s: no %s.json beside it (an unfinished update); removed",
+                        self.models_dir / f"{BEST}.{kind}",
+                        BEST,
+                    )
+                    _remove_quietly(self.models_dir / f"{BEST}.{kind}")
+            return self._rebuild_best(writable)
+
+    def best_value(self) -> float | None:
+        """The best ``metric_name`` value so far (from ``best_model.json``), or None.
+
+        When that file is missing its files, damaged or ranks by another metric, falls back to
+        :meth:`best`.
+        """
+        with self._mutex:
+            status, meta = self._best_record()
+            if status == "ok" and meta is not None:
+                return float(meta["metric_value"])
+            if status == "other":
+                return None
+            info = self.best()
+            if info is None or info.metadata.get("metric_name") != self.metric_name:
+                return None
+            value = info.metric_value
+            return None if math.isnan(value) else value
+
+    def _clean_unfinished(self, listing: _Listing) -> None:
+        """Remove temporary files and episodic files without their JSON (a save cut short)."""
+        for name in listing.tmp:
+            log.info("%s: temporary file of an unfinished write; removed", self.models_dir / name)
+            _remove_quietly(self.models_dir / name)
+        listing.tmp.clear()
+        for episode, kinds in list(listing.episodes.items()):
+            if "json" in kinds:
+                continue
+            for kind in sorted(kinds):
+                log.warning(
+                    "%s: no model_ep%d.json beside it (an unfinished save); removed",
+                    self.models_dir / f"model_ep{episode}.{kind}",
+                    episode,
+                )
+                _remove_quietly(self.models_dir / f"model_ep{episode}.{kind}")
+            del listing.episodes[episode]
+
+    def _verified(
+        self, stem: str, episode: int | None, writable: bool, *, set_aside: bool = True
+    ) -> CheckpointInfo | None:
+        """Verify checkpoint ``stem`` in full; if invalid, set it aside (when allowed): None."""
+        pt, train, json_path = _files(self.models_dir, stem)
+        keys = (_stat_key(pt), _stat_key(train), _stat_key(json_path))
+        try:
+            meta = self._read_meta(json_path, episode)
+            state, training = self._read_verified(pt, meta, with_training=True)
+        except _VerifyError as bad:
+            if writable and set_aside and bad.set_aside:
+                self._set_aside(stem, bad)
+            else:
+                log.warning("%s: %s; skipped", bad.path, bad.reason)
+            return None
+        found = meta.get("episode")
+        number = found if isinstance(found, int) and not isinstance(found, bool) else -1
+        self._loaded = _Loaded(pt, keys, state, training)
+        return CheckpointInfo(number, pt, meta)
+
+    def _set_aside(self, stem: str, bad: _VerifyError) -> None:
+        """Rename every file of checkpoint ``stem`` to ``<name>.corrupt[.K]`` (never deletes)."""
+        moved: list[str] = []
+        for path in _files(self.models_dir, stem):
+            if not os.path.lexists(path):
+                continue
+            target = path.with_name(path.name + ".corrupt")
+            n = 0
+            while os.path.lexists(target):
+                n += 1
+                target = path.with_name(f"{path.name}.corrupt.{n}")
+            try:
+                os.rename(path, target)
+                moved.append(target.name)
+            except OSError as exc:
+                log.warning("%s: cannot set aside (%s)", path, _reason(exc))
+        log.warning("%s: %s; set aside as %s", bad.path, bad.reason, ", ".join(moved) or "nothing")
+
+    def _rebuild_best(self, writable: bool) -> CheckpointInfo | None:
+        """Make the best valid episodic checkpoint on disk the best model; return it (or None).
+
+        Read-only (``writable`` false): return that episodic checkpoint without linking it.
+        """
+        if not self.save_best:
+            return None
+        candidates: list[tuple[float, int, dict[str, Any]]] = []
+        for episode, kinds in self._scan().episodes.items():
+            if {"pt", "json"} <= kinds:
+                try:
+                    value = self._metric_of(read_json(self.models_dir / f"model_ep{episode}.json"))
+                except (OSError, ValueError, ConfigError):
+                    continue
+                if not math.isnan(value):
+                    candidates.append((value, episode, {}))
+        sign = 1.0 if self.mode == "max" else -1.0
+        candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
+        for value, episode, _ in candidates:
+            # Invalid ones are left where they are: latest() sets them aside, newest first.
+            info = self._verified(f"model_ep{episode}", episode, writable, set_aside=False)
+            if info is None:
+                continue
+            if not writable:
+                return info
+            meta = dict(info.metadata)
+            meta.update(metric_name=self.metric_name, metric_value=value, mode=self.mode)
+            try:
+                self._write_best(info.path, info.training_path, meta)
+            except OSError as exc:
+                log.warning("%s: cannot rebuild the best model (%s)", info.path, _reason(exc))
+                return info
+            log.warning(
+                "best model rebuilt from %s (%s=%s)", info.path.name, self.metric_name, value
+            )
+            return CheckpointInfo(episode, self.models_dir / f"{BEST}.pt", meta)
+        return None
+
+    def _complete_best(self, latest: CheckpointInfo) -> None:
+        """Finish a best update cut short: ``latest`` says it is the best but best_model lags."""
+        if not latest.metadata.get("is_best") or latest.metadata.get("metric_name") != (
+            self.metric_name
+        ):
+            return
+        status, meta = self._best_record()
+        if status != "ok" or meta is None or meta.get("episode") == latest.episode:
+            return
+        if not self._better(latest.metric_value, float(meta["metric_value"])):
+            return
+        try:
+            self._write_best(latest.path, latest.training_path, dict(latest.metadata))
+        except OSError as exc:
+            log.warning("%s: cannot update the best model (%s)", latest.path, _reason(exc))
+            return
+        log.warning("best model updated to %s (an update was cut short)", latest.path.name)
+
+    # -- reading -----------------------------------------------------------------------------
+    @staticmethod
+    def _read_meta(json_path: Path, episode: int | None) -> dict[str, Any]:
+        try:
+            meta = read_json(json_path)
+        except FileNotFoundError:
+            raise _VerifyError(json_path, "missing JSON") from None
+        except ValueError as exc:
+            raise _VerifyError(json_path, f"unreadable JSON ({_one_line(exc)})") from None
+        except OSError as exc:
+            raise _VerifyError(
+                json_path, f"cannot read ({_reason(exc)})", set_aside=False
+            ) from None
+        version = meta.get("format_version")
+        sums = meta.get("sha256")
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not isinstance(sums, dict)
+            or not isinstance(sums.get("model"), str)
+        ):
+            raise _VerifyError(
+                json_path, "not a FinSense checkpoint JSON (no format_version or sha256)"
+            )
+        if version > FORMAT_VERSION:
+            raise _VerifyError(
+                json_path,
+                f"written by a newer FinSense (format_version {version} > {FORMAT_VERSION}); "
+                "upgrade FinSense to read it",
+                set_aside=False,
+            )
+        if episode is not None and meta.get("episode") != episode:
+            raise _VerifyError(
+                json_path, f"episode mismatch (the JSON says {meta.get('episode')!r})"
+            )
+        return meta
+
+    @staticmethod
+    def _read_checked(path: Path, sha: Any, size: Any, what: str) -> bytes:
+        """The bytes of ``path``, checked against the recorded size and SHA-256 when given."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise _VerifyError(path, f"missing {what}") from None
+        except OSError as exc:
+            raise _VerifyError(path, f"cannot read ({_reason(exc)})", set_aside=False) from None
+        if isinstance(size, int) and len(data) != size:
+            if len(data) < size:
+                raise _VerifyError(path, f"truncated ({len(data)} of {size} bytes)")
+            raise _VerifyError(path, f"size mismatch ({len(data)} bytes, expected {size})")
+        if isinstance(sha, str) and hashlib.sha256(data).hexdigest() != sha:
+            raise _VerifyError(path, "checksum mismatch")
+        return data
+
+    def _safe_load(self, data: bytes, path: Path) -> dict[str, Any]:
+        try:
+            obj = torch.load(io.BytesIO(data), map_location=self.map_location, weights_only=True)
+        except Exception as exc:  # untrusted bytes: torch raises many types; none is a bug here
+            raise _VerifyError(
+                path, f"not a FinSense checkpoint or unsafe to load ({_one_line(exc)})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise _VerifyError(path, f"not a FinSense checkpoint (holds a {type(obj).__name__})")
+        return obj
+
+    def _read_verified(
+        self, pt: Path, meta: Mapping[str, Any] | None, *, with_training: bool
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Read ``pt`` (and its companion), check them against ``meta``, load them safely."""
+        sums = meta.get("sha256") if meta else None
+        sizes = meta.get("size_bytes") if meta else None
+        sums = sums if isinstance(sums, dict) else {}
+        sizes = sizes if isinstance(sizes, dict) else {}
+        data = self._read_checked(pt, sums.get("model"), sizes.get("model"), "model file")
+        train = _files(pt.parent, _stem(pt))[1]
+        training_data: bytes | None = None
+        if with_training:
+            if sums.get("training"):
+                training_data = self._read_checked(
+                    train, sums["training"], sizes.get("training"), f"companion {train.name}"
+                )
+            elif not sums and train.exists():
+                training_data = self._read_checked(train, None, None, "companion")
+        state = self._safe_load(data, pt)
+        training = None if training_data is None else self._safe_load(training_data, train)
+        return state, training
+
+    def load(
+        self, checkpoint: CheckpointInfo | str | Path, *, with_training_state: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+        """Read a checkpoint safely: ``(state, training_state or None, metadata)``.
+
+        ``checkpoint`` is a :class:`CheckpointInfo` from this manager or a path to a ``.pt``
+        anywhere (its ``.train.pt`` and ``.json`` are looked for beside it). When a JSON is
+        there the files are checked against its SHA-256; a file without one is loaded
+        unverified (its metadata is then ``{}``). Always ``torch.load(weights_only=True)``.
+
+        Raises:
+            CheckpointError: the file is missing, damaged, or needs pickled code to load
+                ("not a FinSense checkpoint or unsafe to load").
+        """
+        if isinstance(checkpoint, CheckpointInfo):
+            pt = checkpoint.path
+        else:
+            path = Path(checkpoint).expanduser()
+            named = path.name.endswith((".json", ".train.pt"))
+            pt = _files(path.parent, _stem(path))[0] if named else path
+        train, json_path = _files(pt.parent, _stem(pt))[1:]
+        with self._mutex:
+            cached, self._loaded = self._loaded, None
+        if not pt.is_file():
+            raise CheckpointError(f"{pt}: no such checkpoint file")
+        meta: dict[str, Any] | None = None
+        try:
+            meta = read_json(json_path)
+        except FileNotFoundError:
+            if isinstance(checkpoint, CheckpointInfo):
+                meta = checkpoint.metadata
+            else:
+                log.info("%s: no %s beside it; loaded without verification", pt, json_path.name)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{json_path}: unreadable ({_one_line(exc)}); the checkpoint cannot be verified"
+            ) from exc
+        keys = (_stat_key(pt), _stat_key(train), _stat_key(json_path))
+        if cached is not None and cached.path == pt and cached.keys == keys:
+            state, training = cached.state, cached.training
+        else:
+            try:
+                state, training = self._read_verified(pt, meta, with_training=with_training_state)
+            except _VerifyError as bad:
+                raise CheckpointError(f"{bad.path}: {bad.reason}") from None
+        return state, training if with_training_state else None, meta or {}
+
+    # -- history -----------------------------------------------------------------------------
+    def archive(self) -> Path | None:
+        """Move every file of ``models/`` into ``models/archive/<UTC YYYYmmdd-HHMMSS[-n]>/``.
+
+        For a fresh start that keeps the old history. Nothing is deleted.
+
+        Returns:
+            The archive folder, or None when there was nothing to move.
+
+        Raises:
+            CheckpointError: a file could not be moved (the ones already moved stay archived).
+        """
+        with self._mutex:
+            self._loaded = None
+            root = self.models_dir / ARCHIVE_DIR
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            try:
+                names = sorted(n for n in os.listdir(self.models_dir) if n != ARCHIVE_DIR)
+                if not names:
+                    return None
+                root.mkdir(exist_ok=True)
+                for n in itertools.count():
+                    target = root / (stamp if n == 0 else f"{stamp}-{n}")
+                    try:
+                        target.mkdir()
+                        break
+                    except FileExistsError:
+                        continue
+                for name in names:
+                    os.rename(self.models_dir / name, target / name)
+                _fsync_dir(target)
+                _fsync_dir(self.models_dir)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"{exc.filename or self.models_dir}: cannot archive the old checkpoints "
+                    f"({_reason(exc)})"
+                ) from exc
+            log.info("archived %d files of %s to %s", len(names), self.models_dir, target)
+            return target
+
+
+class RunLock:
+    """Exclusive OS lock (``fcntl.flock``) on ``<run_dir>/.finsense.lock``.
+
+    Held for as long as training runs; the OS releases it when the holder exits or dies, even by
+    ``kill -9``. The lock file holds the holder's pid, for the message a second process gets. The
+    descriptor is close-on-exec; a child made by a bare ``fork`` shares the lock until it exits.
+
+    Use as ``with RunLock(run_dir): ...``.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd: int | None = None
+        self._key: Path | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock without waiting.
+
+        Raises:
+            RunLockedError: another process (or another RunLock here) holds it.
+            CheckpointError: the lock file cannot be created or locked.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: this RunLock is already held")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{self.path}: cannot create the run lock ({_reason(exc)})"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"run directory {self.run_dir} is in use by another FinSense process "
+                f"(pid {holder if holder is not None else 'unknown'}); wait for it to finish or "
+                "stop it"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise CheckpointError(f"{self.path}: cannot lock ({_reason(exc)})") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            log.debug("%s: cannot record the pid (%s)", self.path, _reason(exc))
+        self._fd = fd
+        self._key = self.run_dir.resolve()
+        _held_locks.add(self._key)
+
+    def release(self) -> None:
+        """Give the lock back (nothing happens if it is not held)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._key is not None:
+            _held_locks.discard(self._key)
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            log.debug("%s: %s while releasing", self.path, _reason(exc))
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    @staticmethod
+    def is_locked(run_dir: str | Path) -> bool:
+        """Whether any process (this one included) holds the lock of ``run_dir``.
+
+        Probes by taking the lock on a separate descriptor and releasing it at once.
+        """
+        try:
+            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,121 @@
+"""``python -m finsense.evaluate RUN_DIR [checkpoint=best|latest|PATH] [seeds=N]``.
+
+Runs the greedy policy of a run's checkpoint on the run's held-out test split and prints it side
+by side with buy-and-hold and a random policy; writes ``RUN_DIR/eval/test_metrics.json`` and
+``RUN_DIR/eval/equity.csv`` (see :mod:`finsense.evaluation`). A user's mistake (a missing or
+damaged run directory, no checkpoint) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from finsense.errors import FinSenseError
+from finsense.evaluation import TABLE_METRICS, EvalResult, run_evaluation
+
+PROG = "finsense.evaluate"
+#: ``KEY=VALUE`` arguments the command accepts, with their defaults.
+OPTIONS: dict[str, str] = {"checkpoint": "best", "seeds": "10"}
+
+
+def _format(metric: str, value: Any) -> str:
+    """One cell: currency with thousands separators, fractions as percent, counts as counts."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    value = float(value)
+    if metric == "total_profit":
+        return f"{value:,.2f}"
+    if metric in ("total_return", "max_drawdown", "win_rate"):
+        return f"{100 * value:.2f}%"
+    if metric == "total_trades":
+        return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def format_table(result: EvalResult) -> str:
+    """The side-by-side table: one row per metric, columns agent | buy & hold | random."""
+    random_head = f"random (mean ± std, {result.random_seeds} seeds)"
+    header = ("metric", "agent", "buy & hold", random_head)
+    rows = [header]
+    for metric in TABLE_METRICS:
+        spread = result.random[metric]
+        rows.append(
+            (
+                metric,
+                _format(metric, result.agent[metric]),
+                _format(metric, result.buy_and_hold[metric]),
+                f"{_format(metric, spread['mean'])} ± {_format(metric, spread['std'])}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _describe(result: EvalResult, run_dir: Path) -> str:
+    """The line above the table: which checkpoint, which rows."""
+    period = result.to_json(run_dir)["period"]
+    where = result.to_json(run_dir)["checkpoint"]
+    episode = "" if result.episode is None else f" (episode {result.episode})"
+    return (
+        f"Test split {period['start']} to {period['end']} ({period['steps']} steps), "
+        f"checkpoint {where}{episode}"
+    )
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options = dict(OPTIONS)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in OPTIONS or not value:
+            known = ", ".join(f"{k}=..." for k in OPTIONS)
+            raise FinSenseError(f"unknown argument {pair!r}; expected {known}")
+        options[key] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit code (0, or 2 for a user's mistake)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m finsense.evaluate",
+        description="Evaluate a run's checkpoint on its held-out test split, side by side with "
+        "buy-and-hold and a random policy.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run directory")
+    parser.add_argument(
+        "options",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="checkpoint=best|latest|PATH (default best); seeds=N random-policy seeds (default 10)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        options = _parse_options(args.options)
+        try:
+            seeds = int(options["seeds"])
+        except ValueError:
+            seeds = 0
+        if seeds < 1:
+            raise FinSenseError(f"seeds={options['seeds']}: must be an integer >= 1")
+        result = run_evaluation(args.run_dir, options["checkpoint"], seeds_random=seeds)
+    except FinSenseError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(_describe(result, args.run_dir))
+    print(format_table(result))
+    print(f"Wrote {args.run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Out-of-sample evaluation: the greedy policy against buy-and-hold and a random policy.
+
+Every number comes from :func:`finsense.metrics.episode_metrics` on one episode over the whole
+test split (``split="test"``, ``episode_length=None``, ``random_start=False``): the agent acts
+greedily (argmax of its Q-values), buy-and-hold buys at the first test close with all the cash
+(entry fee paid, as the env would) and holds, and the random policy draws uniform actions with
+seeds ``0 .. seeds_random - 1``.
+
+Files written by :func:`run_evaluation` into ``RUN_DIR/eval/``:
+
+- ``test_metrics.json``: ``agent`` and ``buy_and_hold`` (metrics dicts, keys of
+  :func:`finsense.metrics.episode_metrics`), ``random`` (``{metric: {"mean": m, "std": s}}``,
+  ``std`` over seeds with ``ddof=1``, 0.0 for one seed), ``random_seeds``, ``episode`` (the
+  checkpoint's training episode), ``checkpoint`` (its path, relative to the run directory when it
+  lies inside it) and ``period`` (``start``/``end`` dates and ``steps`` of the test episode).
+  Non-finite numbers are written as ``null`` so the file is strict JSON.
+- ``equity.csv``: one row per test row: ``date`` (ISO), ``agent_equity``,
+  ``buy_and_hold_equity`` (currency) and ``position`` (the agent's position held from the
+  previous row to this one, -1/0/1 as in :mod:`finsense.metrics`; 0 on the first row).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from finsense import metrics
+from finsense.agents import DQNAgent, QNetwork, greedy_action
+from finsense.checkpoint import CheckpointInfo, CheckpointManager, write_json_atomic
+from finsense.envs.trading import TradingEnv
+from finsense.errors import CheckpointError, FinSenseError
+
+log = logging.getLogger(__name__)
+
+#: Metrics shown side by side by ``finsense.evaluate`` (in this order).
+TABLE_METRICS: tuple[str, ...] = (
+    "total_profit",
+    "total_return",
+    "sharpe_ratio",
+    "max_drawdown",
+    "total_trades",
+    "win_rate",
+)
+#: Where a run's evaluation files go, relative to the run directory.
+EVAL_DIR = "eval"
+METRICS_FILE = "test_metrics.json"
+EQUITY_FILE = "equity.csv"
+EQUITY_COLUMNS: tuple[str, ...] = ("date", "agent_equity", "buy_and_hold_equity", "position")
+#: Env keys an evaluation always overrides: the whole test split, from its first row.
+TEST_OVERRIDES: dict[str, Any] = {"split": "test", "episode_length": None, "random_start": False}
+#: ``checkpoint=`` values that are not paths.
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+@dataclass(frozen=True, eq=False)
+class EquityCurve:
+    """The test episode row by row (arrays of equal length, aligned as in :mod:`finsense.metrics`).
+
+    Attributes:
+        dates: ``datetime64[ns]`` of each test row.
+        close: the close price of each row.
+        agent_equity: the greedy agent's equity after each row (currency).
+        buy_and_hold_equity: buy-and-hold's equity after each row (currency).
+        positions: the agent's position held from the previous row to this one (-1, 0, 1).
+    """
+
+    dates: np.ndarray
+    close: np.ndarray
+    agent_equity: np.ndarray
+    buy_and_hold_equity: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    """One evaluation on the test split.
+
+    Attributes:
+        agent: the greedy policy's metrics (keys of :func:`finsense.metrics.episode_metrics`).
+        buy_and_hold: the same metrics for buying at the first test close and holding.
+        random: ``{metric: {"mean": m, "std": s}}`` over ``random_seeds`` uniform random policies
+            (``std`` with ``ddof=1``; 0.0 for a single seed).
+        random_seeds: how many random-policy seeds were run.
+        curve: the agent's and buy-and-hold's equity row by row.
+        episode: the training episode of the evaluated checkpoint (None when not from one).
+        checkpoint: the checkpoint file evaluated (None when not from one).
+    """
+
+    agent: dict[str, Any]
+    buy_and_hold: dict[str, Any]
+    random: dict[str, dict[str, float]]
+    random_seeds: int
+    curve: EquityCurve
+    episode: int | None = None
+    checkpoint: Path | None = None
+
+    def to_json(self, run_dir: Path | None = None) -> dict[str, Any]:
+        """The content of ``test_metrics.json`` (paths relative to ``run_dir`` when inside it)."""
+        checkpoint: str | None = None
+        if self.checkpoint is not None:
+            checkpoint = _relative(self.checkpoint, run_dir) if run_dir else str(self.checkpoint)
+        dates = self.curve.dates
+        return {
+            "agent": dict(self.agent),
+            "buy_and_hold": dict(self.buy_and_hold),
+            "random": {k: dict(v) for k, v in self.random.items()},
+            "random_seeds": self.random_seeds,
+            "episode": self.episode,
+            "checkpoint": checkpoint,
+            "period": {
+                "start": _iso_date(dates[0]) if len(dates) else None,
+                "end": _iso_date(dates[-1]) if len(dates) else None,
+                "steps": max(len(dates) - 1, 0),
+            },
+        }
+
+
+# -- running policies -----------------------------------------------------------------------------
+def eval_env_kwargs(env_config: Mapping[str, Any]) -> dict[str, Any]:
+    """TradingEnv keyword arguments for the whole test split, from a run config's ``env`` section.
+
+    ``split``, ``episode_length`` and ``random_start`` are replaced by :data:`TEST_OVERRIDES`;
+    every other key (``data``, ``window_size``, ``fee``, ...) is kept, so the test episode sees
+    the same market, features and costs as training.
+    """
+    return {**dict(env_config), **TEST_OVERRIDES}
+
+
+def run_episode(env: TradingEnv, act: Callable[[np.ndarray], int]) -> dict[str, np.ndarray]:
+    """Reset ``env`` and step it with ``act(observation) -> action`` to its end; return its history.
+
+    The history is :meth:`TradingEnv.history`: ``dates``, ``close``, ``equity``, ``positions``.
+    """
+    obs, _ = env.reset()
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(act(obs))
+        done = terminated or truncated
+    return env.history()
+
+
+def greedy_actor(q_network: QNetwork) -> Callable[[np.ndarray], int]:
+    """``act(observation) -> argmax of q_network's Q-values`` (:func:`greedy_action`)."""
+    return functools.partial(greedy_action, q_network)
+
+
+def random_actor(n_actions: int, seed: int) -> Callable[[np.ndarray], int]:
+    """``act(observation) -> uniform random action``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: int(rng.integers(n_actions))
+
+
+def buy_and_hold_metrics(
+    close: np.ndarray, initial_cash: float, fee: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Buy-and-hold over ``close``: its equity curve and its metrics, as the env would account them.
+
+    Positions are flat on the first row and long after it (one trade, still open at the end, so
+    its ``win_rate`` is 0.0 by the convention of :func:`finsense.metrics.win_rate`).
+    """
+    equity = metrics.buy_and_hold(close, initial_cash=initial_cash, fee=fee)
+    positions = np.ones(len(close), dtype=np.int64)
+    positions[:1] = 0
+    return equity, metrics.episode_metrics(equity, positions, close, fee=fee)
+
+
+def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    summary: dict[str, dict[str, float]] = {}
+    for key in runs[0]:
+        values = np.asarray([float(r[key]) for r in runs], dtype=np.float64)
+        std = float(values.std(ddof=1)) if values.size >= 2 else 0.0
+        summary[key] = {"mean": float(values.mean()), "std": std}
+    return summary
+
+
+def _greedy_history(
+    q_network: QNetwork, env: TradingEnv
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    was_training = q_network.training
+    q_network.eval()
+    try:
+        history = run_episode(env, greedy_actor(q_network))
+    finally:
+        q_network.train(was_training)
+    return history, env.episode_metrics()
+
+
+def evaluate_policy(
+    q_network: QNetwork, env_kwargs: Mapping[str, Any], *, seeds_random: int = 10
+) -> EvalResult:
+    """Evaluate the greedy policy of ``q_network`` on the whole test split.
+
+    Args:
+        q_network: maps observations ``float32 (batch, obs_dim)`` to Q-values
+            ``(batch, n_actions)``; the greedy action is the argmax. Left in its train/eval mode.
+        env_kwargs: TradingEnv keyword arguments, e.g. the run config's ``env`` section;
+            ``split``, ``episode_length`` and ``random_start`` are overridden (see
+            :func:`eval_env_kwargs`).
+        seeds_random: how many random-policy episodes (seeds ``0 .. seeds_random - 1``), >= 1.
+
+    Returns:
+        The agent's, buy-and-hold's and the random policy's metrics over the same test rows.
+    """
+    if seeds_random < 1:
+        raise ValueError(f"seeds_random must be >= 1, got {seeds_random}")
+    env = TradingEnv(**eval_env_kwargs(env_kwargs))
+    history, agent = _greedy_history(q_network, env)
+    hold_equity, hold = buy_and_hold_metrics(history["close"], env.initial_cash, env.fee)
+    n_actions = int(env.action_space.n)
+    random_runs = []
+    for seed in range(seeds_random):
+        run_episode(env, random_actor(n_actions, seed))
+        random_runs.append(env.episode_metrics())
+    curve = EquityCurve(
+        dates=history["dates"],
+        close=history["close"],
+        agent_equity=history["equity"],
+        buy_and_hold_equity=hold_equity,
+        positions=history["positions"],
+    )
+    return EvalResult(agent, hold, _mean_std(random_runs), seeds_random, curve)
+
+
+def test_metrics(q_network: QNetwork, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
+    """The greedy policy's test-split metrics with a ``test_`` prefix (``test_sharpe_ratio``, ...).
+
+    For the trainer's ``eval_every`` hook: one greedy episode over the whole test split (no
+    buy-and-hold, no random policy). ``env_kwargs`` as in :func:`evaluate_policy`.
+    """
+    env = TradingEnv(**eval_env_kwargs(env_kwargs))
+    _, agent = _greedy_history(q_network, env)
+    return {f"test_{key}": float(value) for key, value in agent.items()}
+
+
+# Named by its contract, not a test: keep pytest from collecting it where it is imported.
+test_metrics.__test__ = False  # type: ignore[attr-defined]
+
+
+# -- run directories ------------------------------------------------------------------------------
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """The run config recorded in ``run_dir/.hydra/config.yaml``, as plain Python values.
+
+    Raises:
+        FinSenseError: ``run_dir`` does not exist, is not a run directory, or its config is
+            unreadable or has no ``env`` section.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is not a directory" if run_dir.exists() else "does not exist"
+        raise FinSenseError(f"{run_dir} {what}; pass a run directory such as outputs/<run>")
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise FinSenseError(f"{run_dir} is not a FinSense run directory (no .hydra/config.yaml)")
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # yaml and OmegaConf errors have no common base
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FinSenseError(
+            f"{path}: cannot be read ({first}); the run directory is damaged"
+        ) from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("env"), dict):
+        raise FinSenseError(f"{path}: has no env section; the run directory is damaged")
+    return {str(k): v for k, v in cfg.items()}
+
+
+def _launch_dir(run_dir: Path) -> Path | None:
+    """The directory training was started from (Hydra's ``runtime.cwd``), if recorded."""
+    import yaml
+
+    try:
+        with open(run_dir / ".hydra" / "hydra.yaml", encoding="utf-8") as f:
+            record = yaml.safe_load(f)
+        cwd = record["hydra"]["runtime"]["cwd"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) else None
+
+
+def run_env_kwargs(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's ``env`` section for the test split, with a relative data file made findable.
+
+    A relative ``env.data.path`` is relative to where training was started; when it does not
+    exist from the current directory it is resolved against Hydra's recorded ``runtime.cwd``.
+    """
+    env = eval_env_kwargs(config["env"])
+    data = dict(env.get("data") or {})
+    path = data.get("path")
+    if data.get("source") == "file" and path and not Path(path).is_absolute():
+        launch = _launch_dir(Path(run_dir))
+        if not Path(path).exists() and launch is not None and (launch / path).exists():
+            data["path"] = str(launch / path)
+    env["data"] = data
+    return env
+
+
+def _select_checkpoint(
+    run_dir: Path, config: Mapping[str, Any], checkpoint: str | Path
+) -> CheckpointInfo | Path:
+    """The CheckpointInfo or path ``checkpoint`` (best | latest | PATH) designates."""
+    models = run_dir / "models"
+    if str(checkpoint) not in CHECKPOINT_CHOICES:
+        path = Path(checkpoint).expanduser()
+        for candidate in (path, run_dir / path, models / path):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(
+            f"checkpoint={checkpoint}: no such file (looked in ., {run_dir} and {models}); "
+            "use checkpoint=best, checkpoint=latest or a models/model_epN.pt path"
+        )
+    if not models.is_dir():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoints (no models/ directory); train it first or pass "
+            "checkpoint=PATH"
+        )
+    cks = dict(config.get("checkpoints") or {})
+    manager = CheckpointManager(
+        models,
+        metric_name=str(cks.get("metric_name", "total_profit")),
+        mode=str(cks.get("mode", "max")),
+    )
+    info = manager.best() if checkpoint == "best" else None
+    if checkpoint == "best" and info is None:
+        info = manager.latest()
+        if info is not None:
+            log.warning("%s has no best_model checkpoint; evaluating the latest one", run_dir)
+    if checkpoint == "latest":
+        info = manager.latest()
+    if info is None:
+        raise CheckpointError(
+            f"{run_dir} has no valid checkpoint in models/; train it first "
+            "(python -m finsense.train ...) or pass checkpoint=PATH"
+        )
+    return info
+
+
+def run_evaluation(
+    run_dir: str | Path, checkpoint: str | Path = "best", *, seeds_random: int = 10
+) -> EvalResult:
+    """Evaluate a run's checkpoint on its test split; write ``eval/test_metrics.json`` and
+    ``eval/equity.csv`` (see the module docstring) and return the result.
+
+    Args:
+        run_dir: a run directory (with ``.hydra/config.yaml`` and ``models/``).
+        checkpoint: ``best`` (falls back to the latest when the run keeps no best model),
+            ``latest``, or a path to a ``.pt`` file (absolute, relative to the current directory,
+            to ``run_dir`` or to ``run_dir/models``).
+        seeds_random: random-policy seeds.
+
+    Raises:
+        FinSenseError: the run directory, its config, its data or its checkpoint is missing or
+            damaged (CheckpointError for checkpoints); the message says which and what to do.
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    env_kwargs = run_env_kwargs(run_dir, config)
+    selected = _select_checkpoint(run_dir, config, checkpoint)
+    path = _path_of(selected)
+    state, _, metadata = CheckpointManager(path.parent).load(selected, with_training_state=False)
+    if not isinstance(state, dict) or "policy" not in state:
+        raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
+    try:
+        q_network = DQNAgent.load_policy(state["policy"], device="cpu")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"
+        ) from None
+
+    result = evaluate_policy(q_network, env_kwargs, seeds_random=seeds_random)
+    episode = metadata.get("episode") if isinstance(metadata, dict) else None
+    result = replace(
+        result,
+        episode=episode if isinstance(episode, int) else None,
+        checkpoint=path,
+    )
+    write_results(result, run_dir)
+    return result
+
+
+def _path_of(selected: CheckpointInfo | Path) -> Path:
+    return selected.path if isinstance(selected, CheckpointInfo) else Path(selected)
+
+
+# -- files ----------------------------------------------------------------------------------------
+def write_results(result: EvalResult, run_dir: Path) -> tuple[Path, Path]:
+    """Write ``eval/test_metrics.json`` and ``eval/equity.csv`` under ``run_dir``; return both.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    out = Path(run_dir) / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_FILE
+    write_json_atomic(metrics_path, result.to_json(run_dir))
+
+    curve = result.curve
+    equity_path = out / EQUITY_FILE
+    with _atomic_writer(equity_path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(EQUITY_COLUMNS)
+        for date, agent, hold, position in zip(
+            curve.dates,
+            curve.agent_equity,
+            curve.buy_and_hold_equity,
+            curve.positions,
+            strict=True,
+        ):
+            writer.writerow([_iso_date(date), repr(float(agent)), repr(float(hold)), int(position)])
+    return metrics_path, equity_path
+
+
+def read_equity(path: Path) -> EquityCurve:
+    """Read an ``equity.csv`` written by :func:`write_results` (``close`` is not stored: NaN)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in EQUITY_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise FinSenseError(
+                f"{path}: missing column(s) {', '.join(missing)}; delete it and run "
+                "python -m finsense.evaluate again"
+            )
+        rows = list(reader)
+    try:
+        return EquityCurve(
+            dates=np.asarray([r["date"] for r in rows], dtype="datetime64[ns]"),
+            close=np.full(len(rows), math.nan),
+            agent_equity=np.asarray([float(r["agent_equity"]) for r in rows]),
+            buy_and_hold_equity=np.asarray([float(r["buy_and_hold_equity"]) for r in rows]),
+            positions=np.asarray([int(r["position"]) for r in rows], dtype=np.int64),
+        )
+    except (TypeError, ValueError) as exc:
+        raise FinSenseError(
+            f"{path}: damaged ({exc}); delete it and run python -m finsense.evaluate again"
+        ) from None
+
+
+@contextmanager
+def _atomic_writer(path: Path) -> Iterator[TextIO]:
+    """Write text to a temporary file beside ``path`` and rename it over ``path`` on success."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _iso_date(value: Any) -> str:
+    return str(np.datetime64(value, "D"))
+
+
+def _relative(path: Path, run_dir: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,129 @@
+"""Sweeps end to end: Hydra's basic, joblib and submitit launchers and the optuna sweeper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import TINY, _env, assert_same_state, load_checkpoint_tensors, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args]
+    return subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _job_dirs(tmp_path: Path, sweep: str = "sweep") -> list[str]:
+    root = tmp_path / "multirun" / sweep
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, "episodes=6",
+            "seed=0,1", "agent.gamma=0.9,0.99"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    second_job = tmp_path / "multirun" / "sweep" / "agent.gamma=0.9,seed=1" / "metrics.csv"
+    try:
+        wait_for(lambda: second_job.exists(), timeout=180)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    jobs = _job_dirs(tmp_path)
+    assert "agent.gamma=0.9,seed=0" in jobs
+
+    rerun = _sweep(tmp_path, "episodes=6", "seed=0,1", "agent.gamma=0.9,0.99")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _job_dirs(tmp_path) == sorted(
+        f"agent.gamma={g},seed={s}" for g in ("0.9", "0.99") for s in (0, 1)
+    )
+    assert "Training already complete!" in rerun.stdout  # the first job had finished
+    for job in _job_dirs(tmp_path):
+        assert (tmp_path / "multirun" / "sweep" / job / "models" / "model_ep6.json").exists()
+
+    again = _sweep(tmp_path, "episodes=6", "seed=0,1", "agent.gamma=0.9,0.99")
+    assert again.returncode == 0
+    assert again.stdout.count("Training already complete!") == 4
+    assert len(_job_dirs(tmp_path)) == 4
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_into_stable_dirs(tmp_path: Path) -> None:
+    proc = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=4", "seed=0,1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _job_dirs(tmp_path) == ["seed=0", "seed=1"]
+    extended = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=6", "seed=0,1")
+    assert extended.returncode == 0, extended.stdout + extended.stderr
+    assert _job_dirs(tmp_path) == ["seed=0", "seed=1"]
+    for job in ("seed=0", "seed=1"):
+        log = (tmp_path / "multirun" / "sweep" / job / "logs" / "finsense.log").read_text()
+        assert "Resuming training from episode 5/6" in log
+
+
+def _submitit_job_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "submitit.core._submit" in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weights(
+    tmp_path: Path,
+) -> None:
+    args = ["episodes=30", "seed=3"]
+    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args,
+            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "multirun" / "sweep" / "seed=3" / "metrics.csv"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 3, timeout=180)
+    pids = _submitit_job_pids()
+    assert pids, "no submitit job process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR2)  # submitit's preemption / timeout signal
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    log = (tmp_path / "multirun" / "sweep" / "seed=3" / "logs" / "finsense.log").read_text()
+    assert "handing over to the launcher" in log
+    assert "Auto-resuming from episode" in log
+
+    reference = subprocess.run(
+        [sys.executable, "-m", "finsense.train", *TINY, *args, "hydra.run.dir=reference"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    assert_same_state(
+        load_checkpoint_tensors(tmp_path / "reference" / "models", 30),
+        load_checkpoint_tensors(tmp_path / "multirun" / "sweep" / "seed=3" / "models", 30),
+    )
+
+
+def test_optuna_sweeper_runs_resumable_trials_and_reports_the_best(tmp_path: Path) -> None:
+    args = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0", "agent.gamma=choice(0.9,0.95,0.99)", "episodes=2",
+            "name=search"]
+    first = _sweep(tmp_path, *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    results = yaml.safe_load((tmp_path / "multirun" / "search" / "optimization_results.yaml").read_text())
+    assert results["best_params"]["agent.gamma"] in (0.9, 0.95, 0.99)
+    assert isinstance(results["best_value"], float)
+    jobs = _job_dirs(tmp_path, "search")
+    assert 1 <= len(jobs) <= 4 and all(j.startswith("agent.gamma=") for j in jobs)
+    again = _sweep(tmp_path, *args)
+    assert again.returncode == 0
+    assert again.stdout.count("Training already complete!") == 4
+    assert _job_dirs(tmp_path, "search") == jobs
