@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     if "sb3" not in impls:
         print("stable-baselines3 not installed: FinSense only (pip install stable-baselines3)")
     print()
-    print(f"{'threads':>7}  {'round':>5}  {'impl':<9} {'train steps/s':>14} {'process steps/s':>16}")
+    print(
+        f"{'threads':>7}  {'round':>5}  {'impl':<9} {'train steps/s':>14} {'process steps/s':>16}"
+    )
     medians: dict[tuple[str, int], dict[str, float]] = {}
     for threads in args.threads:
         runs: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
         for impl in impls:
             medians[impl, threads] = {
-                kind: statistics.median(r[kind] for r in runs[impl]) for kind in ("train", "process")
+                kind: statistics.median(r[kind] for r in runs[impl])
+                for kind in ("train", "process")
             }
 
     print()

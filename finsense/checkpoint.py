@@ -184,10 +184,14 @@ def _replace_from(tmp: Path, path: Path) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+    if os.path.lexists(tmp):  # rename() between two links to one file does nothing
+        _remove_quietly(tmp)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Atomically make ``target`` a hard link to ``source`` (a fsynced copy where links fail)."""
+    if os.path.lexists(target) and os.path.samefile(source, target):
+        return  # already linked (and renaming a link over its twin would be a no-op)
     tmp = _tmp_path(target)
     try:
         os.link(source, tmp)
@@ -642,7 +646,7 @@ class CheckpointManager:
         """Whether ``value`` improves on ``than`` (strictly; nan never does)."""
         if math.isnan(value):
             return False
-        return value >= than if self.mode == "max" else value <= than
+        return value > than if self.mode == "max" else value < than
 
     def _best_record(self) -> tuple[str, dict[str, Any] | None]:
         """Read ``best_model.json`` (unverified): ``ok``, ``other`` (another metric or mode),

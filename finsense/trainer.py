@@ -381,6 +381,12 @@ class Trainer:
                 if interrupt.signum is not None:
                     result.interrupted_by = interrupt.signum
                     result.chained_handler = interrupt.chained_handler()
+                    log.warning(
+                        "Stopped by %s after episode %d; checkpoint saved: %s",
+                        signal.Signals(interrupt.signum).name,
+                        episode,
+                        self._rel(result.last_checkpoint or self.run_dir),
+                    )
                     break
         result.best = self.manager.best()
         return result

@@ -46,7 +46,7 @@ SMALL = DQNConfig(
 
 
 def run_steps(agent: DQNAgent, env: TradingEnv, steps: int) -> None:
-    """Train ``steps`` env steps, episode by episode, the env reseeded per episode as the trainer."""
+    """Train ``steps`` env steps in whole episodes, reseeding the env per episode as the trainer."""
     done_steps = 0
     while done_steps < steps:
         obs, _ = env.reset(seed=1000 + agent.episodes)
@@ -243,7 +243,7 @@ def reference_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
     optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,9 @@ def test_flat_adam_matches_torch_adam() -> None:
 def test_buffer_wraps_around_overwriting_the_oldest() -> None:
     buffer = ReplayBuffer(5, 2)
     for i in range(7):
-        buffer.add(np.full(2, i, np.float32), i % 2, float(i), np.full(2, i + 0.5, np.float32), i == 6)
+        buffer.add(
+            np.full(2, i, np.float32), i % 2, float(i), np.full(2, i + 0.5, np.float32), i == 6
+        )
     assert (buffer.pos, buffer.fill, len(buffer)) == (2, 5, 5)
     assert buffer.rewards[:, 0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
     assert buffer.observations[0, :, 0].tolist() == [5.0, 6.0, 2.0, 3.0, 4.0]
@@ -372,7 +374,9 @@ def test_resume_from_a_saved_state_equals_training_without_a_break() -> None:
     run_steps(resumed, env, m)
 
     assert resumed.steps == uninterrupted.steps and resumed.episodes == uninterrupted.episodes
-    for p, q in zip(resumed.q_network.parameters(), uninterrupted.q_network.parameters()):
+    for p, q in zip(
+        resumed.q_network.parameters(), uninterrupted.q_network.parameters(), strict=True
+    ):
         assert torch.equal(p, q)
     assert_same(resumed.state_dict(), reference)  # target, Adam, buffer, counters, RNGs
     assert (random.random(), np.random.random()) == after_global[:2]

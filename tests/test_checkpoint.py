@@ -92,7 +92,7 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
         f.seek(at)
         byte = f.read(1)
         f.seek(at)
-        f.write(bytes([byte[0] ^ 0xFF]))
+        f.write(bytes([(byte[0] + 1) % 256]))  # never undone by a second flip
 
 
 def truncate(path: Path) -> None:
@@ -886,7 +886,7 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
     def set_aside(self, files: Files) -> None:
         self.corrupt += len(files.present())
 
-    def rebuild_best(self) -> None:
+    def rebuild_best(self) -> Files | None:
         candidates = [
             (f.value, e, f)
             for e, f in self.episodes.items()
@@ -897,7 +897,8 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
         for _, _, files in candidates:
             if files.valid():
                 self.best_files = files.shared()
-                return
+                return self.best_files
+        return None
 
     def current_best_for_save(self) -> float | None:
         best = self.best_files
@@ -906,8 +907,8 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
         if best is not None and best.json == "bad":
             self.set_aside(best)
             self.best_files = None
-        self.rebuild_best()
-        return None if self.best_files is None else self.best_files.value
+        rebuilt = self.rebuild_best()  # when nothing qualifies, leftovers stay until best()
+        return None if rebuilt is None else rebuilt.value
 
     # -- rules ----------------------------------------------------------------------------------
     @rule(value=VALUES, gap=st.integers(1, 3))

@@ -1,4 +1,4 @@
-"""Experience replay: a preallocated ring of transitions, sampled uniformly with a given generator."""
+"""Experience replay: a preallocated ring of transitions, sampled uniformly with a given RNG."""
 
 from __future__ import annotations
 

@@ -395,7 +395,7 @@ def greedy_action(q_network: QNetwork, obs: np.ndarray) -> int:
 def _global_rng_state(device: torch.device) -> dict[str, Any]:
     """Python ``random``, numpy's legacy global and torch's generators as tensors/plain values."""
     version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "numpy": {

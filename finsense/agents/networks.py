@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # ReLU's gradient: dL/dx where the ReLU output is > 0, else 0; autograd's own ReLU backward,
@@ -49,7 +48,9 @@ class QNetwork(nn.Module):
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.dueling = bool(dueling)
         sizes = (self.obs_dim, *self.hidden_sizes)
-        self.hidden = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(
+            nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+        )
         self.head = nn.Linear(sizes[-1], self.n_actions + 1 if self.dueling else self.n_actions)
         # Per layer, input to output, once flatten_() fixed the parameter tensors:
         # (weight, weight.t(), bias, weight.grad, bias.grad).
@@ -79,8 +80,8 @@ class QNetwork(nn.Module):
         """Q-values of ``obs``: ``(batch, obs_dim) -> (batch, n_actions)`` or unbatched."""
         h = obs
         for layer in self.hidden:
-            h = F.linear(h, layer.weight, layer.bias).relu_()
-        return self._combine(F.linear(h, self.head.weight, self.head.bias))
+            h = layer(h).relu_()
+        return self._combine(self.head(h))
 
     def _combine(self, out: Tensor) -> Tensor:
         if not self.dueling:

@@ -21,9 +21,27 @@ def _sweep(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Compl
     return subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
+_TINY_KEYS = {item.split("=")[0] for item in TINY}
+
+
 def _job_dirs(tmp_path: Path, sweep: str = "sweep") -> list[str]:
+    """The sweep's job directories, named by their swept overrides only (TINY's are dropped)."""
     root = tmp_path / "multirun" / sweep
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = []
+    for p in root.iterdir():
+        if p.is_dir() and not p.name.startswith("."):
+            kept = [kv for kv in p.name.split(",") if kv.split("=")[0] not in _TINY_KEYS]
+            names.append(",".join(kept))
+    return sorted(names)
+
+
+def _job_dir(tmp_path: Path, swept: str, sweep: str = "sweep") -> Path:
+    root = tmp_path / "multirun" / sweep
+    for p in root.iterdir():
+        kept = [kv for kv in p.name.split(",") if kv.split("=")[0] not in _TINY_KEYS]
+        if ",".join(kept) == swept:
+            return p
+    raise AssertionError(f"no job dir for {swept} in {sorted(q.name for q in root.iterdir())}")
 
 
 def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
@@ -31,9 +49,9 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
             "seed=0,1", "agent.gamma=0.9,0.99"]
     proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    second_job = tmp_path / "multirun" / "sweep" / "agent.gamma=0.9,seed=1" / "metrics.csv"
+    root = tmp_path / "multirun" / "sweep"
     try:
-        wait_for(lambda: second_job.exists(), timeout=180)
+        wait_for(lambda: len(list(root.glob("*/metrics.csv"))) >= 2, timeout=180)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -47,7 +65,7 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
     )
     assert "Training already complete!" in rerun.stdout  # the first job had finished
     for job in _job_dirs(tmp_path):
-        assert (tmp_path / "multirun" / "sweep" / job / "models" / "model_ep6.json").exists()
+        assert (_job_dir(tmp_path, job) / "models" / "model_ep6.json").exists()
 
     again = _sweep(tmp_path, "episodes=6", "seed=0,1", "agent.gamma=0.9,0.99")
     assert again.returncode == 0
@@ -63,7 +81,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_into_stable_dirs(tmp_path: Path) 
     assert extended.returncode == 0, extended.stdout + extended.stderr
     assert _job_dirs(tmp_path) == ["seed=0", "seed=1"]
     for job in ("seed=0", "seed=1"):
-        log = (tmp_path / "multirun" / "sweep" / job / "logs" / "finsense.log").read_text()
+        log = (_job_dir(tmp_path, job) / "logs" / "finsense.log").read_text()
         assert "Resuming training from episode 5/6" in log
 
 
@@ -84,21 +102,27 @@ def _submitit_job_pids() -> list[int]:
 def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weights(
     tmp_path: Path,
 ) -> None:
-    args = ["episodes=30", "seed=3"]
+    args = ["episodes=150", "seed=3"]
     argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args,
             "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
     proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "multirun" / "sweep" / "seed=3" / "metrics.csv"
-    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 3, timeout=180)
+    root = tmp_path / "multirun" / "sweep"
+
+    def started() -> bool:
+        found = list(root.glob("*/metrics.csv"))
+        return bool(found) and len(found[0].read_text().splitlines()) > 3
+
+    wait_for(started, timeout=180)
     pids = _submitit_job_pids()
     assert pids, "no submitit job process found"
     for pid in pids:
         os.kill(pid, signal.SIGUSR2)  # submitit's preemption / timeout signal
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    log = (tmp_path / "multirun" / "sweep" / "seed=3" / "logs" / "finsense.log").read_text()
-    assert "handing over to the launcher" in log
+    job = _job_dir(tmp_path, "seed=3")
+    log = (job / "logs" / "finsense.log").read_text()
+    assert "Stopped by SIGUSR2 after episode" in log
     assert "Auto-resuming from episode" in log
 
     reference = subprocess.run(
@@ -107,8 +131,8 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     )
     assert reference.returncode == 0, reference.stdout + reference.stderr
     assert_same_state(
-        load_checkpoint_tensors(tmp_path / "reference" / "models", 30),
-        load_checkpoint_tensors(tmp_path / "multirun" / "sweep" / "seed=3" / "models", 30),
+        load_checkpoint_tensors(tmp_path / "reference" / "models", 150),
+        load_checkpoint_tensors(job / "models", 150),
     )
 
 
