@@ -114,7 +114,11 @@ def test_save_writes_model_companion_and_json_with_matching_sha256(
     manager: CheckpointManager, models: Path
 ) -> None:
     info = save(manager, 7, value=12.5)
-    pt, train, js = models / "model_ep7.pt", models / "model_ep7.train.pt", models / "model_ep7.json"
+    pt, train, js = (
+        models / "model_ep7.pt",
+        models / "model_ep7.train.pt",
+        models / "model_ep7.json",
+    )
     assert info.path == pt and info.episode == 7
     assert info.training_path == train and info.json_path == js
     data = json.loads(js.read_text())
@@ -158,7 +162,11 @@ def test_save_without_training_state_loads_back_with_none(manager: CheckpointMan
 
 
 def test_saving_draws_no_random_numbers(manager: CheckpointManager) -> None:
-    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch_state, py_state, np_state = (
+        torch.get_rng_state(),
+        random.getstate(),
+        np.random.get_state(),
+    )
     for episode in range(1, 6):
         save(manager, episode, value=float(episode))
     manager.latest()
@@ -428,7 +436,11 @@ def test_model_file_without_json_is_an_unfinished_save_and_is_removed(
 
 def test_orphan_temporary_files_are_removed(manager: CheckpointManager, models: Path) -> None:
     save(manager, 1)
-    orphans = [".model_ep2.pt.tmp-4242-1a2b3c", ".model_ep2.json.tmp-4242-ff", ".best_model.pt.tmp-1-0"]
+    orphans = [
+        ".model_ep2.pt.tmp-4242-1a2b3c",
+        ".model_ep2.json.tmp-4242-ff",
+        ".best_model.pt.tmp-1-0",
+    ]
     for name in orphans:
         (models / name).write_bytes(b"half written")
     (models / "notes.txt").write_text("not ours")

@@ -74,32 +74,39 @@ def test_extending_episodes_equals_running_longer_from_the_start(tmp_path: Path,
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(
     tmp_path: Path, train_cmd, start_train
 ) -> None:
-    episodes = "episodes=24"
+    episodes = "episodes=150"
     reference = train_cmd(episodes, "name=reference")
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
     rng = random.Random(1234)
     run_dir = tmp_path / "killed"
+    metrics = run_dir / "metrics.csv"
+
+    def rows() -> int:
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
     kills = 0
-    for _ in range(4):
+    for _ in range(5):
+        before = rows()
         proc = start_train(episodes, f"hydra.run.dir={run_dir}")
-        # Kill only once training is under way; the moment within the episode loop is random.
-        wait_for(lambda: (run_dir / "metrics.csv").exists() or proc.poll() is not None)
-        time.sleep(rng.uniform(0.0, 1.5))
+        # Kill once this attempt is training (a new row), at a random moment after that:
+        # inside an episode, between episodes, or in the middle of a save.
+        wait_for(lambda: rows() > before or proc.poll() is not None)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1
-    assert kills >= 1
+    assert kills >= 3
     final = train_cmd(episodes, f"hydra.run.dir={run_dir}")
     assert final.returncode == 0, final.stdout + final.stderr
     assert_same_state(
-        load_checkpoint_tensors(_run_dir(tmp_path, "reference") / "models", 24),
-        load_checkpoint_tensors(run_dir / "models", 24),
+        load_checkpoint_tensors(_run_dir(tmp_path, "reference") / "models", 150),
+        load_checkpoint_tensors(run_dir / "models", 150),
     )
-    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
-    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 25))
+    episodes_logged = [int(r.split(",")[0]) for r in metrics.read_text().splitlines()[1:]]
+    assert episodes_logged == list(range(1, 151))
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
