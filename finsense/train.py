@@ -302,11 +302,11 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
     sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
-    # Ctrl+C before training starts (while importing, composing) ends quietly too.
+    # Ctrl+C outside the episode loop (while importing, composing, finishing) ends quietly too.
     try:
         hydra_main()
     except KeyboardInterrupt:
-        print("Interrupted before training started; nothing was written.", file=sys.stderr)
+        print("Interrupted; the checkpoints on disk are intact.", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
 
 

@@ -1107,7 +1107,8 @@ def test_sigkill_while_saving_always_leaves_a_valid_latest_checkpoint(tmp_path: 
         assert best is not None
         manager.load(best)
         assert corrupt_files(models) == set()  # a crash is never mistaken for damage
-        assert len(manager.all_episodes()) <= 3
+        # Killed between a save and its rotation: one extra, rotated away by the next save.
+        assert len(manager.all_episodes()) <= 3 + 1
         start = info.episode + 1
         child = upcoming
     child.kill()

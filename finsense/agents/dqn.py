@@ -188,8 +188,9 @@ class DQNAgent:
         if explore and self._rng.random() < self.epsilon:
             return int(self._rng.integers(self.n_actions))
         with torch.inference_mode():
-            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            return int(self.q_network.forward(x).argmax())
+            # A batch of one, as in learn(): the same matrix kernels as evaluation's forward.
+            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+            return int(self.q_network.forward_flat(x).argmax())
 
     def observe(
         self,
@@ -384,10 +385,13 @@ def td_target(
 
 
 def greedy_action(q_network: QNetwork, obs: np.ndarray) -> int:
-    """The action with the highest Q-value for one observation (no gradients)."""
+    """The action with the highest Q-value for one observation (no gradients).
+
+    The same action as ``DQNAgent.act(obs, explore=False)`` of the agent the network came from.
+    """
     device = next(q_network.parameters()).device
     with torch.inference_mode():
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
         return int(q_network(x).argmax())
 
 

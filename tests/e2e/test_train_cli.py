@@ -247,3 +247,61 @@ def test_unsafe_checkpoint_named_by_the_user_is_refused_and_never_executed(
     assert proc.returncode != 0
     assert "not a FinSense checkpoint or unsafe to load" in combined
     assert not marker.exists()
+
+
+def test_save_every_minutes_saves_off_the_frequency_grid(tmp_path: Path, train_cmd) -> None:
+    run_dir = tmp_path / "run"
+    proc = train_cmd(
+        "episodes=3", "checkpoints.save_frequency=100", "checkpoints.save_every_minutes=0.00001",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (run_dir / "models").glob("model_ep*.json")) == [
+        "model_ep1.json", "model_ep2.json", "model_ep3.json"
+    ]
+
+
+def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(
+    tmp_path: Path, train_cmd, start_train
+) -> None:
+    run_dir = tmp_path / "run"
+    at = f"hydra.run.dir={run_dir}"
+    long_episodes = ["env.episode_length=1500", "env.data.n_steps=2000", "agent.learning_starts=64"]
+    proc = start_train("episodes=50", "checkpoints.save_frequency=1", *long_episodes, at, tiny=False)
+    wait_for(lambda: len(list((run_dir / "models").glob("model_ep*.json"))) >= 1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "Second interrupt" in out
+    resumed = train_cmd("episodes=1", *long_episodes, at, tiny=False)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Training already complete!" in resumed.stdout
+
+
+def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
+    tmp_path: Path, train_cmd
+) -> None:
+    run_dir = tmp_path / "run"
+    at = f"hydra.run.dir={run_dir}"
+    proc = train_cmd(
+        "episodes=4", "eval_every=2", "checkpoints.metric_name=test_sharpe_ratio",
+        "logger=tensorboard", at,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert "test_sharpe_ratio" in header.split(",") and len(rows) == 4
+    best = (run_dir / "models" / "best_model.json").read_text()
+    assert '"metric_name": "test_sharpe_ratio"' in best
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    resumed = train_cmd(
+        "episodes=6", "eval_every=2", "checkpoints.metric_name=test_sharpe_ratio",
+        "logger=tensorboard", at,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("total_profit")] == [1, 2, 3, 4, 5, 6]
