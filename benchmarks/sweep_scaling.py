@@ -25,8 +25,14 @@ EPISODE_LENGTH = 252
 def run_sweep(workdir: Path, episodes: int, parallel: bool) -> float:
     """Wall seconds of one 2-job sweep in a fresh directory."""
     argv = [
-        sys.executable, "-m", "finsense.train", "--multirun", "seed=0,1",
-        f"episodes={episodes}", f"env.episode_length={EPISODE_LENGTH}", "progress=log",
+        sys.executable,
+        "-m",
+        "finsense.train",
+        "--multirun",
+        "seed=0,1",
+        f"episodes={episodes}",
+        f"env.episode_length={EPISODE_LENGTH}",
+        "progress=log",
     ]
     if parallel:
         argv += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -50,8 +56,10 @@ def main() -> None:
         for label, parallel in (("sequential", False), ("parallel (joblib, n_jobs=2)", True)):
             with tempfile.TemporaryDirectory() as tmp:
                 times[label].append(run_sweep(Path(tmp), args.episodes, parallel))
-    print(f"sweep scaling: 2 jobs x {args.episodes} episodes x {EPISODE_LENGTH} steps "
-          f"({steps:,} env steps per sweep), {os.cpu_count()} CPUs, median of {args.rounds}")
+    print(
+        f"sweep scaling: 2 jobs x {args.episodes} episodes x {EPISODE_LENGTH} steps "
+        f"({steps:,} env steps per sweep), {os.cpu_count()} CPUs, median of {args.rounds}"
+    )
     print(f"{'launcher':<30}{'wall s':>10}{'steps/s':>12}{'speed-up':>10}")
     base = median(times["sequential"])
     for label, values in times.items():

@@ -77,7 +77,7 @@ BEST = "best_model"
 MODES = ("max", "min")
 
 _TMP = re.compile(r"^\..+\.tmp-[0-9]+-[0-9a-f]+$")
-_KIND = {"pt": "model", "train.pt": "training", "json": "json"}
+_KINDS = ("pt", "train.pt", "json")
 #: Above this size the SHA-256 is computed in a thread while the bytes are written.
 _PARALLEL_HASH_BYTES = 1 << 20
 
@@ -289,6 +289,7 @@ def _serialise(obj: Mapping[str, Any], what: str) -> memoryview:
     buffer = io.BytesIO()
     # The SHA-256 recorded in the JSON covers every byte, so the zip's per-record CRC-32 (which
     # torch.load does not check) is skipped: it is most of the cost of serialising a big buffer.
+    # The switch is process-wide; it is restored at once (torch.save elsewhere is not threaded).
     crc32 = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
     try:
@@ -427,7 +428,7 @@ class _Listing:
 
     def best(self) -> list[str]:
         """The kinds of ``best_model.*`` present."""
-        return [kind for kind in _KIND if f"{BEST}.{kind}" in self.names]
+        return [kind for kind in _KINDS if f"{BEST}.{kind}" in self.names]
 
     def unfinished(self) -> list[str]:
         """Episodic model files whose JSON is missing (a save or rotation cut short)."""
@@ -580,7 +581,10 @@ class CheckpointManager:
                         f"({_reason(exc)}); {pt.name} itself is saved"
                     ) from exc
                 log.debug("%s is the new best (%s=%s)", pt.name, self.metric_name, value)
-            self._rotate(keep=episode)
+            try:
+                self._rotate(keep=episode)
+            except OSError as exc:  # the save itself is complete; the next one rotates again
+                log.warning("%s: cannot rotate old checkpoints (%s)", self.models_dir, _reason(exc))
             return info
 
     def _commit(
@@ -821,8 +825,8 @@ class CheckpointManager:
     def best_value(self) -> float | None:
         """The best ``metric_name`` value so far (from ``best_model.json``), or None.
 
-        When that file is missing its files, damaged or ranks by another metric, falls back to
-        :meth:`best`.
+        When that file is missing or damaged, falls back to :meth:`best` (which rebuilds it); None
+        when it ranks by another metric or mode.
         """
         with self._mutex:
             status, meta = self._best_record()
@@ -894,7 +898,7 @@ class CheckpointManager:
         """
         if not self.save_best:
             return None
-        candidates: list[tuple[float, int, dict[str, Any]]] = []
+        candidates: list[tuple[float, int]] = []
         listing = self._scan()
         for episode in listing.saved():
             if listing.has(f"model_ep{episode}", "pt"):
@@ -903,10 +907,10 @@ class CheckpointManager:
                 except (OSError, ValueError, ConfigError):
                     continue
                 if not math.isnan(value):
-                    candidates.append((value, episode, {}))
+                    candidates.append((value, episode))
         sign = 1.0 if self.mode == "max" else -1.0
         candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
-        for value, episode, _ in candidates:
+        for value, episode in candidates:
             # Invalid ones are left where they are: latest() sets them aside, newest first.
             info = self._verified(f"model_ep{episode}", episode, writable, set_aside=False)
             if info is None:

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from finsense.errors import ConfigError
 
-#: Metrics every training episode reports (``info["episode_metrics"]``); valid ``metric_name`` values.
+#: Metrics every training episode reports (``info["episode_metrics"]``): the valid
+#: ``checkpoints.metric_name`` values.
 EPISODE_METRIC_NAMES: tuple[str, ...] = (
     "total_profit",
     "total_return",
@@ -152,14 +153,27 @@ def metric_names(cfg: DictConfig | FinSenseConfig) -> tuple[str, ...]:
 def validate(cfg: DictConfig) -> None:
     """Check ranges and cross-key rules of a composed config; raise ConfigError naming the key."""
     _require(cfg.episodes >= 1, "episodes", "must be >= 1", cfg.episodes)
-    _require(cfg.resume is not None and str(cfg.resume) != "", "resume", "must be auto, never or a path", cfg.resume)
-    _require(cfg.progress in ("auto", "bar", "log"), "progress", "must be auto, bar or log", cfg.progress)
-    _require(cfg.logger in ("csv", "tensorboard"), "logger", "must be csv or tensorboard", cfg.logger)
+    _require(
+        cfg.resume is not None and str(cfg.resume) != "",
+        "resume",
+        "must be auto, never or a path",
+        cfg.resume,
+    )
+    _require(
+        cfg.progress in ("auto", "bar", "log"), "progress", "must be auto, bar or log", cfg.progress
+    )
+    _require(
+        cfg.logger in ("csv", "tensorboard"), "logger", "must be csv or tensorboard", cfg.logger
+    )
     _require(cfg.eval_every >= 0, "eval_every", "must be >= 0", cfg.eval_every)
-    _require(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null", cfg.threads)
+    _require(
+        cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null", cfg.threads
+    )
 
     ck = cfg.checkpoints
-    _require(ck.save_frequency >= 1, "checkpoints.save_frequency", "must be >= 1", ck.save_frequency)
+    _require(
+        ck.save_frequency >= 1, "checkpoints.save_frequency", "must be >= 1", ck.save_frequency
+    )
     _require(ck.max_keep >= 1, "checkpoints.max_keep", "must be >= 1", ck.max_keep)
     _require(ck.mode in ("max", "min"), "checkpoints.mode", "must be max or min", ck.mode)
     _require(
@@ -177,34 +191,76 @@ def validate(cfg: DictConfig) -> None:
         )
 
     ag = cfg.agent
-    _require(ag.learning_rate > 0 and math.isfinite(ag.learning_rate), "agent.learning_rate", "must be > 0", ag.learning_rate)
+    _require(
+        ag.learning_rate > 0 and math.isfinite(ag.learning_rate),
+        "agent.learning_rate",
+        "must be > 0",
+        ag.learning_rate,
+    )
     _require(ag.buffer_size >= 1, "agent.buffer_size", "must be >= 1", ag.buffer_size)
     _require(ag.batch_size >= 1, "agent.batch_size", "must be >= 1", ag.batch_size)
     _require(ag.learning_starts >= 0, "agent.learning_starts", "must be >= 0", ag.learning_starts)
     _require(0.0 <= ag.gamma <= 1.0, "agent.gamma", "must be in [0, 1]", ag.gamma)
     _require(ag.train_freq >= 1, "agent.train_freq", "must be >= 1", ag.train_freq)
     _require(ag.gradient_steps >= 1, "agent.gradient_steps", "must be >= 1", ag.gradient_steps)
-    _require(ag.target_update_interval >= 1, "agent.target_update_interval", "must be >= 1", ag.target_update_interval)
-    _require(len(ag.hidden_sizes) >= 1 and all(h >= 1 for h in ag.hidden_sizes), "agent.hidden_sizes", "must be a non-empty list of positive sizes", list(ag.hidden_sizes))
+    _require(
+        ag.target_update_interval >= 1,
+        "agent.target_update_interval",
+        "must be >= 1",
+        ag.target_update_interval,
+    )
+    _require(
+        len(ag.hidden_sizes) >= 1 and all(h >= 1 for h in ag.hidden_sizes),
+        "agent.hidden_sizes",
+        "must be a non-empty list of positive sizes",
+        list(ag.hidden_sizes),
+    )
     _require(ag.max_grad_norm > 0, "agent.max_grad_norm", "must be > 0", ag.max_grad_norm)
-    _require(0.0 <= ag.epsilon_end <= ag.epsilon_start <= 1.0, "agent.epsilon_start/epsilon_end", "must satisfy 0 <= epsilon_end <= epsilon_start <= 1", (ag.epsilon_start, ag.epsilon_end))
-    _require(ag.exploration_steps >= 0, "agent.exploration_steps", "must be >= 0", ag.exploration_steps)
+    _require(
+        0.0 <= ag.epsilon_end <= ag.epsilon_start <= 1.0,
+        "agent.epsilon_start/epsilon_end",
+        "must satisfy 0 <= epsilon_end <= epsilon_start <= 1",
+        (ag.epsilon_start, ag.epsilon_end),
+    )
+    _require(
+        ag.exploration_steps >= 0, "agent.exploration_steps", "must be >= 0", ag.exploration_steps
+    )
 
     env = cfg.env
     _require(env.window_size >= 1, "env.window_size", "must be >= 1", env.window_size)
-    _require(env.episode_length is None or env.episode_length >= 1, "env.episode_length", "must be >= 1 or null", env.episode_length)
+    _require(
+        env.episode_length is None or env.episode_length >= 1,
+        "env.episode_length",
+        "must be >= 1 or null",
+        env.episode_length,
+    )
     _require(env.fee >= 0, "env.fee", "must be >= 0", env.fee)
     _require(env.initial_cash > 0, "env.initial_cash", "must be > 0", env.initial_cash)
-    _require(env.reward in ("log_return", "profit"), "env.reward", "must be log_return or profit", env.reward)
+    _require(
+        env.reward in ("log_return", "profit"),
+        "env.reward",
+        "must be log_return or profit",
+        env.reward,
+    )
     data = env.data
-    _require(data.source in ("synthetic", "sample", "file"), "env.data.source", "must be synthetic, sample or file", data.source)
-    _require(0.0 <= data.test_fraction < 1.0, "env.data.test_fraction", "must be in [0, 1)", data.test_fraction)
+    _require(
+        data.source in ("synthetic", "sample", "file"),
+        "env.data.source",
+        "must be synthetic, sample or file",
+        data.source,
+    )
+    _require(
+        0.0 <= data.test_fraction < 1.0,
+        "env.data.test_fraction",
+        "must be in [0, 1)",
+        data.test_fraction,
+    )
     if data.source == "file" and not data.path:
         raise ConfigError("env.data.path is required for file data: pass env.data.path=prices.csv")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain, JSON-able Python values (interpolations resolved, Hydra keys dropped)."""
+    """The config as plain JSON-able values (interpolations resolved, Hydra keys dropped)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)

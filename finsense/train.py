@@ -83,7 +83,7 @@ def _override_value(value: str) -> str:
 
 
 def translate_guide_flags(argv: list[str]) -> list[str]:
-    """Rewrite the user's guide flags (``--auto-resume``, ``--resume X``, ``--episodes N``) as overrides."""
+    """The guide's flags (``--auto-resume``, ``--resume X``, ``--episodes N``) as overrides."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -122,9 +122,7 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     root = logging.getLogger()
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(run_dir / "logs" / "finsense.log", encoding="utf-8")
-    file_handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
     return file_handler
 
@@ -189,14 +187,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         if result.chained_handler is not None:
             # A cluster launcher asked for the stop (submitit on SLURM preemption or timeout):
             # the checkpoint is saved, so let it requeue the job; the requeued job auto-resumes.
-            log.info("Stopped at episode %d; checkpoint saved: %s; handing over to the launcher", result.last_episode, where)
+            log.info(
+                "Stopped at episode %d; checkpoint saved: %s; handing over to the launcher",
+                result.last_episode,
+                where,
+            )
             result.chained_handler(result.interrupted_by, None)
         print(
             f"Interrupted at episode {result.last_episode}; checkpoint saved: {where}. "
             "Run the same command to resume.",
             flush=True,
         )
-        raise _Interrupted(128 + result.interrupted_by)
+        raise _InterruptedError(128 + result.interrupted_by)
     if not result.already_complete:
         _print_summary(result, run_dir)
     return result.best_value
@@ -210,7 +212,9 @@ class _EpisodeHook:
     ``metrics.csv`` keeps one set of columns.
     """
 
-    def __init__(self, cfg: DictConfig, env_config: dict[str, Any], agent: Any, run_dir: Path) -> None:
+    def __init__(
+        self, cfg: DictConfig, env_config: dict[str, Any], agent: Any, run_dir: Path
+    ) -> None:
         self.eval_every = int(cfg.eval_every)
         self.save_frequency = int(cfg.checkpoints.save_frequency)
         self.episodes = int(cfg.episodes)
@@ -251,7 +255,7 @@ class _EpisodeHook:
             self.logger.close()
 
 
-class _Interrupted(Exception):
+class _InterruptedError(Exception):
     def __init__(self, exit_code: int) -> None:
         super().__init__(exit_code)
         self.exit_code = exit_code
@@ -295,7 +299,7 @@ def hydra_main(cfg: DictConfig) -> float:
             # One bad job must not take the rest of the sweep down; its error is in its log.
             return math.nan
         sys.exit(err.exit_code)
-    except _Interrupted as stop:
+    except _InterruptedError as stop:
         sys.exit(stop.exit_code)
 
 

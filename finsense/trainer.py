@@ -43,7 +43,15 @@ STRUCTURAL_KEYS: tuple[str, ...] = (
     "env.allow_short",
 )
 #: Keys that never count as drift: they say how long or how to run, not what is trained.
-RUN_KEYS: tuple[str, ...] = ("episodes", "resume", "device", "threads", "progress", "logger", "name")
+RUN_KEYS: tuple[str, ...] = (
+    "episodes",
+    "resume",
+    "device",
+    "threads",
+    "progress",
+    "logger",
+    "name",
+)
 
 
 class Agent(Protocol):
@@ -144,12 +152,14 @@ class GracefulInterrupt:
             return None
         previous = self._previous.get(self.signum)
         if callable(previous) and previous is not signal.default_int_handler:
-            return previous  # type: ignore[no-any-return]
+            return previous
         return None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None and signum == signal.SIGINT:
-            sys.stderr.write("\nSecond interrupt: exiting now; the last checkpoint on disk is intact.\n")
+            sys.stderr.write(
+                "\nSecond interrupt: exiting now; the last checkpoint on disk is intact.\n"
+            )
             sys.stderr.flush()
             os._exit(130)
         self.signum = signum
@@ -168,12 +178,12 @@ class GracefulInterrupt:
             yield self
             return
         for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[int(sig)] = signal.signal(sig, self._handle)
         try:
             yield self
         finally:
-            for sig, previous in self._previous.items():
-                signal.signal(sig, previous)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
 
 
 class MetricsLog:
@@ -230,7 +240,7 @@ class MetricsLog:
 
 
 def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Compare two plain run configs; return (structural changes, other changes) as readable lines."""
+    """Compare two plain run configs; return (structural, other) changes as readable lines."""
     structural: list[str] = []
     other: list[str] = []
     flat_saved, flat_current = _flatten(saved), _flatten(current)
@@ -292,7 +302,7 @@ class Trainer:
 
     # -- resume -----------------------------------------------------------------------------
     def find_checkpoint(self, resume: str) -> CheckpointInfo | Path | None:
-        """Which checkpoint ``resume`` (auto | never | PATH) designates; archive the history on never."""
+        """The checkpoint ``resume`` (auto | never | PATH) names; ``never`` archives the history."""
         if resume == "never":
             archived = self.manager.archive()
             if archived is not None:
@@ -305,7 +315,10 @@ class Trainer:
             return self.manager.latest()
         path = Path(resume).expanduser()
         if not path.exists():
-            raise CheckpointError(f"resume={resume}: no such checkpoint file; use resume=auto or a models/model_epN.pt path")
+            raise CheckpointError(
+                f"resume={resume}: no such checkpoint file; "
+                "use resume=auto or a models/model_epN.pt path"
+            )
         return path
 
     def restore(self, checkpoint: CheckpointInfo | Path) -> int:
@@ -313,7 +326,8 @@ class Trainer:
         state, training_state, metadata = self.manager.load(checkpoint)
         if training_state is None:
             raise CheckpointError(
-                f"{checkpoint}: training state (replay buffer, optimizer) missing; cannot resume exactly"
+                f"{checkpoint}: training state (replay buffer, optimizer) missing; "
+                "cannot resume exactly"
             )
         saved_config = metadata.get("config") or {}
         if saved_config and self.config:
@@ -345,7 +359,9 @@ class Trainer:
         if start >= total:
             log.info("Training already complete! (%d/%d episodes)", start, total)
             result.already_complete = True
-            result.last_checkpoint = checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
+            result.last_checkpoint = (
+                checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
+            )
             result.best = self.manager.best()
             return result
         if start > 0:
@@ -409,7 +425,9 @@ class Trainer:
     def save_episode(self, episode: int, row: dict[str, Any]) -> Path:
         """Write this episode's checkpoint (policy + training state + metadata)."""
         state = self.agent.state_dict()
-        metrics = {k: v for k, v in row.items() if k not in ("episode", "epsilon", "steps", "seconds")}
+        metrics = {
+            k: v for k, v in row.items() if k not in ("episode", "epsilon", "steps", "seconds")
+        }
         metadata = {
             "metrics": metrics,
             "epsilon": row["epsilon"],
@@ -434,9 +452,7 @@ class Trainer:
         return row
 
     @contextmanager
-    def _progress(
-        self, start: int, total: int
-    ) -> Iterator[Callable[[int, dict[str, Any]], None]]:
+    def _progress(self, start: int, total: int) -> Iterator[Callable[[int, dict[str, Any]], None]]:
         use_bar = self.settings.progress == "bar" or (
             self.settings.progress == "auto" and sys.stdout.isatty()
         )
@@ -481,7 +497,7 @@ class Trainer:
 
 def _file_only(message: str) -> None:
     """Write an INFO line to the file handlers only (the progress bar owns the terminal)."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -82,7 +82,9 @@ def test_run_dirname_is_stable_flat_and_never_empty() -> None:
     assert run_dirname("exp", "") == "exp"
     assert run_dirname(None, "seed=1") == "seed=1"
     with_path = run_dirname(None, "env.data.path=data/prices.csv,env=csv")
-    assert "/" not in with_path and with_path == run_dirname(None, "env.data.path=data/prices.csv,env=csv")
+    assert "/" not in with_path and with_path == run_dirname(
+        None, "env.data.path=data/prices.csv,env=csv"
+    )
     assert with_path != run_dirname(None, "env.data.path=data_prices.csv,env=csv")
     long = run_dirname(None, "x=" + "a" * 500)
     assert len(long) <= 200 and long == run_dirname(None, "x=" + "a" * 500)
@@ -103,7 +105,10 @@ def test_run_dir_ignores_keys_that_do_not_change_the_experiment() -> None:
 
 
 def test_guide_flags_become_overrides() -> None:
-    assert translate_guide_flags(["--auto-resume", "--episodes", "5"]) == ["resume=auto", "episodes=5"]
+    assert translate_guide_flags(["--auto-resume", "--episodes", "5"]) == [
+        "resume=auto",
+        "episodes=5",
+    ]
     assert translate_guide_flags(["--resume", "models/model_ep200.pt"]) == [
         "resume=models/model_ep200.pt"
     ]

@@ -38,7 +38,9 @@ def _env() -> dict[str, str]:
 def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the trainer to completion in ``tmp_path``; returns the finished process."""
 
-    def run(*args: str, timeout: float = 180, tiny: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 180, tiny: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "finsense.train", *(TINY if tiny else []), *args]
         return subprocess.run(
             argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout
@@ -107,7 +109,9 @@ def assert_same_state(a: Any, b: Any, where: str = "") -> None:
         assert a == b or (a != a and b != b), f"value differs at {where}: {a!r} != {b!r}"
 
 
-def run_dir_files(run_dir: Path, *, exclude: Sequence[str] = (".hydra", "logs")) -> dict[str, bytes]:
+def run_dir_files(
+    run_dir: Path, *, exclude: Sequence[str] = (".hydra", "logs")
+) -> dict[str, bytes]:
     """Every file under a run dir (except Hydra's record and logs) with its bytes."""
     out = {}
     for path in sorted(run_dir.rglob("*")):

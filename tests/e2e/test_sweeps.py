@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 def _sweep(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args]
-    return subprocess.run(argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 _TINY_KEYS = {item.split("=")[0] for item in TINY}
@@ -45,10 +47,19 @@ def _job_dir(tmp_path: Path, swept: str, sweep: str = "sweep") -> Path:
 
 
 def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, "episodes=6",
-            "seed=0,1", "agent.gamma=0.9,0.99"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    argv = [
+        sys.executable,
+        "-m",
+        "finsense.train",
+        "--multirun",
+        *TINY,
+        "episodes=6",
+        "seed=0,1",
+        "agent.gamma=0.9,0.99",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     root = tmp_path / "multirun" / "sweep"
     try:
         wait_for(lambda: len(list(root.glob("*/metrics.csv"))) >= 2, timeout=180)
@@ -74,10 +85,14 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_into_stable_dirs(tmp_path: Path) -> None:
-    proc = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=4", "seed=0,1")
+    proc = _sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=4", "seed=0,1"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _job_dirs(tmp_path) == ["seed=0", "seed=1"]
-    extended = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=6", "seed=0,1")
+    extended = _sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "episodes=6", "seed=0,1"
+    )
     assert extended.returncode == 0, extended.stdout + extended.stderr
     assert _job_dirs(tmp_path) == ["seed=0", "seed=1"]
     for job in ("seed=0", "seed=1"):
@@ -103,10 +118,19 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     tmp_path: Path,
 ) -> None:
     args = ["episodes=150", "seed=3"]
-    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args,
-            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "finsense.train",
+        "--multirun",
+        *TINY,
+        *args,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     root = tmp_path / "multirun" / "sweep"
 
     def started() -> bool:
@@ -127,7 +151,11 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
 
     reference = subprocess.run(
         [sys.executable, "-m", "finsense.train", *TINY, *args, "hydra.run.dir=reference"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert reference.returncode == 0, reference.stdout + reference.stderr
     assert_same_state(
@@ -137,12 +165,20 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
 
 
 def test_optuna_sweeper_runs_resumable_trials_and_reports_the_best(tmp_path: Path) -> None:
-    args = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.direction=maximize",
-            "hydra.sweeper.sampler.seed=0", "agent.gamma=choice(0.9,0.95,0.99)", "episodes=2",
-            "name=search"]
+    args = [
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.sampler.seed=0",
+        "agent.gamma=choice(0.9,0.95,0.99)",
+        "episodes=2",
+        "name=search",
+    ]
     first = _sweep(tmp_path, *args)
     assert first.returncode == 0, first.stdout + first.stderr
-    results = yaml.safe_load((tmp_path / "multirun" / "search" / "optimization_results.yaml").read_text())
+    results = yaml.safe_load(
+        (tmp_path / "multirun" / "search" / "optimization_results.yaml").read_text()
+    )
     assert results["best_params"]["agent.gamma"] in (0.9, 0.95, 0.99)
     assert isinstance(results["best_value"], float)
     jobs = _job_dirs(tmp_path, "search")

@@ -91,7 +91,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
         proc = start_train(episodes, f"hydra.run.dir={run_dir}")
         # Kill once this attempt is training (a new row), at a random moment after that:
         # inside an episode, between episodes, or in the middle of a save.
-        wait_for(lambda: rows() > before or proc.poll() is not None)
+        wait_for(lambda p=proc, b=before: rows() > b or p.poll() is not None)
         time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             break
@@ -116,7 +116,12 @@ def test_signal_finishes_episode_saves_off_grid_and_resumes(
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
     proc = start_train("episodes=400", "checkpoints.save_frequency=100", at)
-    wait_for(lambda: (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > 3)
+    wait_for(
+        lambda: (
+            (run_dir / "metrics.csv").exists()
+            and len((run_dir / "metrics.csv").read_text().splitlines()) > 3
+        )
+    )
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == code, out
@@ -212,7 +217,9 @@ def test_resume_from_a_named_checkpoint(tmp_path: Path, train_cmd) -> None:
         (["device=cuda"], "cuda"),
     ],
 )
-def test_bad_input_is_one_clear_line_and_nonzero_exit(train_cmd, args: list[str], expected: str) -> None:
+def test_bad_input_is_one_clear_line_and_nonzero_exit(
+    train_cmd, args: list[str], expected: str
+) -> None:
     if "device=cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     proc = train_cmd(*args)
@@ -252,12 +259,16 @@ def test_unsafe_checkpoint_named_by_the_user_is_refused_and_never_executed(
 def test_save_every_minutes_saves_off_the_frequency_grid(tmp_path: Path, train_cmd) -> None:
     run_dir = tmp_path / "run"
     proc = train_cmd(
-        "episodes=3", "checkpoints.save_frequency=100", "checkpoints.save_every_minutes=0.00001",
+        "episodes=3",
+        "checkpoints.save_frequency=100",
+        "checkpoints.save_every_minutes=0.00001",
         f"hydra.run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in (run_dir / "models").glob("model_ep*.json")) == [
-        "model_ep1.json", "model_ep2.json", "model_ep3.json"
+        "model_ep1.json",
+        "model_ep2.json",
+        "model_ep3.json",
     ]
 
 
@@ -267,7 +278,9 @@ def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
     long_episodes = ["env.episode_length=1500", "env.data.n_steps=2000", "agent.learning_starts=64"]
-    proc = start_train("episodes=50", "checkpoints.save_frequency=1", *long_episodes, at, tiny=False)
+    proc = start_train(
+        "episodes=50", "checkpoints.save_frequency=1", *long_episodes, at, tiny=False
+    )
     wait_for(lambda: len(list((run_dir / "models").glob("model_ep*.json"))) >= 1)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -286,8 +299,11 @@ def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
     proc = train_cmd(
-        "episodes=4", "eval_every=2", "checkpoints.metric_name=test_sharpe_ratio",
-        "logger=tensorboard", at,
+        "episodes=4",
+        "eval_every=2",
+        "checkpoints.metric_name=test_sharpe_ratio",
+        "logger=tensorboard",
+        at,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
@@ -296,8 +312,11 @@ def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
     assert '"metric_name": "test_sharpe_ratio"' in best
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     resumed = train_cmd(
-        "episodes=6", "eval_every=2", "checkpoints.metric_name=test_sharpe_ratio",
-        "logger=tensorboard", at,
+        "episodes=6",
+        "eval_every=2",
+        "checkpoints.metric_name=test_sharpe_ratio",
+        "logger=tensorboard",
+        at,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
