@@ -282,16 +282,19 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _serialise(obj: Mapping[str, Any], what: str) -> memoryview:
-    """``torch.save(obj)`` into memory, refusing what ``weights_only`` loading would refuse."""
+def _serialise(obj: Mapping[str, Any], what: str, *, zip_crc32: bool = True) -> memoryview:
+    """``torch.save(obj)`` into memory, refusing what ``weights_only`` loading would refuse.
+
+    ``zip_crc32=False`` skips the zip's per-record CRC-32, which is most of the cost of
+    serialising a big buffer and which ``torch.load`` does not check; the SHA-256 recorded in
+    the JSON covers every byte anyway. (Only ``unzip -t`` would then complain.)
+    """
     if not isinstance(obj, Mapping):
         raise TypeError(f"{what} must be a dict, not a {type(obj).__name__}")
     buffer = io.BytesIO()
-    # The SHA-256 recorded in the JSON covers every byte, so the zip's per-record CRC-32 (which
-    # torch.load does not check) is skipped: it is most of the cost of serialising a big buffer.
     # The switch is process-wide; it is restored at once (torch.save elsewhere is not threaded).
     crc32 = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(False)
+    torch.serialization.set_crc32_options(zip_crc32)
     try:
         torch.save(obj, buffer)
     finally:
@@ -528,7 +531,8 @@ class CheckpointManager:
 
         Order: model file, companion, JSON (each to a temporary name, fsynced, renamed), fsync
         of the directory; then ``best_model.*`` if this episode improves on it; then rotation.
-        Draws no random numbers.
+        The model file is a standard torch zip; the companion skips the zip's CRC-32 (the
+        SHA-256 covers it). Draws no random numbers.
 
         Args:
             episode: the episode just finished (>= 0); names the files ``model_ep{episode}.*``.
@@ -551,7 +555,9 @@ class CheckpointManager:
         value = self._metric_of(metadata)
         model_bytes = _serialise(state, "state")
         training_bytes = (
-            None if training_state is None else _serialise(training_state, "training_state")
+            None
+            if training_state is None
+            else _serialise(training_state, "training_state", zip_crc32=False)
         )
         with self._mutex:
             pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")

@@ -47,6 +47,10 @@ class DQNConfig:
     """Transitions per gradient step, sampled uniformly with replacement."""
     gamma: float = 0.99
     """Discount factor per step."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before they are stored. Daily log-return rewards (~0.01)
+    learn much better scaled to ~1 (100): Adam's step size is fixed, so tiny targets need a
+    resolution the network only reaches late (``tests/test_learning.py``)."""
     train_freq: int = 4
     """Run ``gradient_steps`` gradient steps every this many env steps."""
     gradient_steps: int = 1
@@ -98,6 +102,7 @@ class DQNConfig:
         require(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
+        require(self.reward_scale > 0, "reward_scale", "must be > 0")
         require(self.train_freq >= 1, "train_freq", "must be >= 1")
         require(self.gradient_steps >= 1, "gradient_steps", "must be >= 1")
         require(self.target_update_interval >= 1, "target_update_interval", "must be >= 1")
@@ -200,7 +205,7 @@ class DQNAgent:
         next_obs: np.ndarray,
         terminated: bool,
     ) -> float | None:
-        """Store a transition, count the step, and train when due.
+        """Store a transition (reward times ``reward_scale``), count the step, train when due.
 
         Gradient steps run when ``steps >= learning_starts`` and ``steps % train_freq == 0``;
         the target network is synced when ``steps % target_update_interval == 0`` (after that
@@ -210,7 +215,7 @@ class DQNAgent:
             The loss of the last gradient step taken now, or ``None`` if none was.
         """
         cfg = self.config
-        self.buffer.add(obs, action, reward, next_obs, terminated)
+        self.buffer.add(obs, action, reward * cfg.reward_scale, next_obs, terminated)
         self._steps += 1
         loss = None
         if self._steps >= cfg.learning_starts and self._steps % cfg.train_freq == 0:
