@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from finsense.errors import CheckpointError, ConfigError, RunLockedError
+from finsense.lockfile import LOCK_FILE, lock_held
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ __all__ = [
 #: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
 FORMAT_VERSION = 1
 #: The file in a run directory that :class:`RunLock` holds an exclusive ``flock`` on.
-LOCK_FILE = ".finsense.lock"
 #: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
 ARCHIVE_DIR = "archive"
 #: Stem of the best checkpoint's files.
@@ -1230,25 +1230,8 @@ class RunLock:
 
     @staticmethod
     def is_locked(run_dir: str | Path) -> bool:
-        """Whether any process (this one included) holds the lock of ``run_dir``.
-
-        Probes by taking the lock on a separate descriptor and releasing it at once.
-        """
-        try:
-            fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
+        """Whether any process (this one included) holds the lock of ``run_dir``."""
+        return lock_held(run_dir)
 
 
 def _read_pid(fd: int) -> int | None:

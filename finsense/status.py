@@ -18,7 +18,6 @@ finished save), ``models/best_model.json``, ``*.corrupt`` files set aside by the
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import math
@@ -32,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from finsense.errors import FinSenseError
+from finsense.lockfile import lock_held
 
 log = logging.getLogger(__name__)
 
 #: Folders searched when no DIR is given, relative to the current directory.
 DEFAULT_DIRS: tuple[str, ...] = ("outputs", "multirun")
 #: The file the trainer holds an exclusive ``flock`` on while it trains.
-LOCK_FILE = ".finsense.lock"
 #: Subfolders of a run directory that never hold other runs (checkpoints, old histories, Hydra).
 NOT_RUNS: frozenset[str] = frozenset({"models", "archive", ".hydra"})
 
@@ -198,30 +197,6 @@ def _local_mtime(path: Path) -> datetime | None:
         return datetime.fromtimestamp(path.stat().st_mtime).astimezone()
     except OSError:
         return None
-
-
-def lock_held(run_dir: Path) -> bool:
-    """Whether a process holds the trainer's ``flock`` on ``run_dir/.finsense.lock``.
-
-    Takes the lock for an instant (non-blocking) and releases it at once. A trainer starting in
-    that instant would be told the run is in use; the window is microseconds wide.
-    """
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError as exc:
-        log.debug("cannot probe %s: %s", run_dir / LOCK_FILE, exc)
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _relative(path: Path, cwd: Path) -> str:
