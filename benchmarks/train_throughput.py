@@ -67,12 +67,14 @@ def run_finsense(steps: int, seed: int) -> float:
     from finsense.trainer import episode_seed
 
     env = gymnasium.make(ENV_ID, **ENV_KWARGS)
+    shape, actions = env.observation_space.shape, env.action_space
+    assert shape is not None and isinstance(actions, gymnasium.spaces.Discrete)
     config = DQNConfig(
         **HYPER,
         hidden_sizes=tuple(HIDDEN),
         exploration_steps=int(0.1 * steps),  # SB3's default exploration_fraction is 0.1
     )
-    agent = DQNAgent(env.observation_space.shape[0], int(env.action_space.n), config, seed=seed)
+    agent = DQNAgent(shape[0], int(actions.n), config, seed=seed)
     started = time.perf_counter()
     episode = 0
     while agent.steps < steps:

@@ -8,8 +8,8 @@ The YAML files in ``conf/`` hold the values; these dataclasses hold the schema, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -89,33 +89,32 @@ class EnvConfig:
     reward: str = "log_return"  # log_return | profit
 
 
-@dataclass
-class AgentConfig:
-    """DQN hyperparameters (``agent.*``); names follow Stable-Baselines3 where one exists."""
+def _agent_schema() -> type:
+    """``agent.*``: the fields of :class:`finsense.agents.DQNConfig` (one place for names, types
+    and defaults) plus ``name``, as a mutable dataclass Hydra can merge overrides into."""
+    from finsense.agents import DQNConfig
 
-    name: str = "dqn"
-    learning_rate: float = 1e-3
-    buffer_size: int = 50_000
-    learning_starts: int = 1_000
-    batch_size: int = 64
-    gamma: float = 0.99
-    train_freq: int = 4
-    gradient_steps: int = 1
-    target_update_interval: int = 1_000
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    max_grad_norm: float = 10.0
-    double_q: bool = True
-    dueling: bool = False
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.05
-    exploration_steps: int = 20_000
+    hints = get_type_hints(DQNConfig)
+    specs: list[tuple[str, Any, Any]] = [("name", str, field(default="dqn"))]
+    for f in fields(DQNConfig):
+        if f.name == "hidden_sizes":
+            sizes: list[int] = list(DQNConfig.hidden_sizes)
+            specs.append((f.name, list[int], field(default_factory=sizes.copy)))
+        else:
+            specs.append((f.name, hints[f.name], field(default=f.default)))
+    schema = make_dataclass("AgentConfig", specs)
+    schema.__doc__ = "DQN hyperparameters (``agent.*``); names follow Stable-Baselines3."
+    return schema
+
+
+AgentConfig = _agent_schema()
 
 
 @dataclass
 class FinSenseConfig:
     """The whole run config: groups plus run-level keys."""
 
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)  # type: ignore[valid-type]
     env: EnvConfig = field(default_factory=EnvConfig)
     checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     episodes: int = 300  # total training episodes (raise it later to extend a run)

@@ -1,11 +1,11 @@
 """Where the networks run (``device``) and how many CPU threads torch may use (``threads``).
 
 FinSense's networks are small (two hidden layers of 64 units): one gradient step is a few dozen
-tiny matrix products, so what it costs is per-operation overhead, not arithmetic. More threads
+tiny matrix products, so what it costs is per-operation overhead, not arithmetic, and more threads
 only add synchronisation. Measured on a 2-core machine (``benchmarks/train_throughput.py``,
-20,000 env steps of ``finsense/Trading-v0``): FinSense's DQN ran about 2.5x slower with 2 threads
-than with 1, and Stable-Baselines3's DQN 3.3x slower (~1,580 vs ~470 steps/s). Hence one thread by
-default; raise ``threads`` for wide networks or large batches.
+20,000 env steps of ``finsense/Trading-v0``): FinSense's DQN ran 3.5x slower with 2 threads than
+with 1 (1,485 vs 5,203 steps/s) and Stable-Baselines3's 4.5x slower (260 vs 1,157). Hence one
+thread by default; raise ``threads`` for wide networks or large batches.
 """
 
 from __future__ import annotations

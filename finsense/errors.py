@@ -1,4 +1,4 @@
-"""Errors a user can cause. The CLI prints each as one line and exits non-zero; bugs stay tracebacks."""
+"""User errors: the CLI prints each as one line and exits non-zero; bugs stay tracebacks."""
 
 from __future__ import annotations
 

@@ -468,6 +468,8 @@ def test_cuda_requested_without_cuda_is_a_clear_config_error(
             resolve_device(name)
     with pytest.raises(ConfigError, match="use device=cpu"):
         DQNAgent(OBS_DIM, 2, device="cuda")
+    with pytest.raises(ConfigError, match="use device=cpu"):
+        DQNAgent(OBS_DIM, 2, device=torch.device("cuda", 0))
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
 
@@ -502,6 +504,8 @@ def test_set_torch_threads_defaults_and_validates() -> None:
         ({"train_freq": 0}, "agent.train_freq must be >= 1"),
         ({"hidden_sizes": ()}, "agent.hidden_sizes must be a non-empty list"),
         ({"hidden_sizes": (64, 0)}, "agent.hidden_sizes must be a non-empty list"),
+        ({"hidden_sizes": 64}, "agent.hidden_sizes must be a non-empty list"),
+        ({"reward_scale": 0.0}, "agent.reward_scale must be > 0"),
         ({"max_grad_norm": 0.0}, "agent.max_grad_norm must be > 0"),
         ({"epsilon_end": 2.0}, r"agent.epsilon_end must be in \[0, 1\]"),
         ({"exploration_steps": -1}, "agent.exploration_steps must be >= 0"),

@@ -130,3 +130,13 @@ def test_guide_resume_flag_quotes_paths_with_override_characters() -> None:
     (override,) = translate_guide_flags(["--resume", path])
     parsed = OverridesParser.create().parse_overrides([override])[0]
     assert parsed.key_or_group == "resume" and parsed.value() == path
+
+
+def test_agent_schema_is_dqn_config_so_every_agent_key_can_be_overridden() -> None:
+    from dataclasses import fields
+
+    from finsense.agents import DQNConfig
+
+    cfg = _compose("agent.reward_scale=7", "agent.hidden_sizes=[16,8]")
+    assert set(cfg.agent) == {"name"} | {f.name for f in fields(DQNConfig)}
+    assert cfg.agent.reward_scale == 7.0 and list(cfg.agent.hidden_sizes) == [16, 8]

@@ -40,6 +40,7 @@ class ReplayBuffer:
         self.capacity = int(capacity)
         self.obs_dim = int(obs_dim)
         self.device = torch.device(device)
+        self._on_cpu = self.device.type == "cpu"
         self.observations = torch.zeros((2, self.capacity, self.obs_dim), dtype=torch.float32)
         # Columns of one, so that a sample is (batch, 1) like the Q-values gathered with it.
         self.actions = torch.zeros((self.capacity, 1), dtype=torch.int64)
@@ -85,7 +86,7 @@ class ReplayBuffer:
         actions = self.actions.index_select(0, index)
         rewards = self.rewards.index_select(0, index)
         dones = self.dones.index_select(0, index)
-        if self.device.type != "cpu":
+        if not self._on_cpu:
             both, actions = both.to(self.device), actions.to(self.device)
             rewards, dones = rewards.to(self.device), dones.to(self.device)
         return Batch(both[0], actions, rewards, dones, both[1], both.view(-1, self.obs_dim))

@@ -75,7 +75,8 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         # YAML gives lists; a tuple keeps the config hashable and frozen in spirit.
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        if isinstance(self.hidden_sizes, list):
+            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         self.validate()
 
     def validate(self) -> None:
@@ -106,8 +107,11 @@ class DQNConfig:
         require(self.train_freq >= 1, "train_freq", "must be >= 1")
         require(self.gradient_steps >= 1, "gradient_steps", "must be >= 1")
         require(self.target_update_interval >= 1, "target_update_interval", "must be >= 1")
+        sizes = self.hidden_sizes
         require(
-            len(self.hidden_sizes) >= 1 and all(is_int(h) and h >= 1 for h in self.hidden_sizes),
+            isinstance(sizes, tuple)
+            and len(sizes) >= 1
+            and all(is_int(h) and h >= 1 for h in sizes),
             "hidden_sizes",
             "must be a non-empty list of positive integers",
         )
@@ -140,11 +144,10 @@ class DQNAgent:
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        config.validate()
         self.config = config
         self.obs_dim = int(obs_dim)
         self.n_actions = int(n_actions)
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = resolve_device(str(device))
         self._rng = np.random.default_rng(seed)
 
         with torch.random.fork_rng(devices=[]):  # leaves the global CPU generator as it was
@@ -357,10 +360,10 @@ class DQNAgent:
 
         The greedy action of an observation is ``q_network(obs).argmax(-1)``.
         """
-        with torch.random.fork_rng(devices=[]):  # the weights are loaded; init draws nothing
+        with torch.random.fork_rng(devices=[]):  # init draws from the global generator: undo it
             network = QNetwork.from_arch(policy_state["arch"])
         network.load_state_dict(policy_state["weights"])
-        target = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        target = resolve_device(str(device))
         return network.to(target).eval()
 
 
@@ -429,12 +432,13 @@ def _set_global_rng_state(state: Mapping[str, Any], device: torch.device) -> Non
     np.random.set_state(
         (
             numpy_state["name"],
-            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["keys"].cpu().numpy().astype(np.uint32),
             numpy_state["pos"],
             numpy_state["has_gauss"],
             numpy_state["cached_gaussian"],
         )
     )
-    torch.set_rng_state(state["torch"])
+    # A checkpoint loaded with map_location=cuda holds these on the GPU; generators want CPU.
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
