@@ -1,37 +1,15 @@
-"""Helpers for end-to-end tests: run ``python -m finsense.train`` as a real subprocess."""
+"""Fixtures for end-to-end tests: run ``python -m finsense.train`` as a real subprocess."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
-# A tiny but real configuration: short episodes, small buffer, learning from step 64.
-TINY = [
-    "env.episode_length=40",
-    "env.data.n_steps=400",
-    "agent.learning_starts=64",
-    "agent.buffer_size=2000",
-    "agent.batch_size=16",
-    "agent.target_update_interval=50",
-    "agent.exploration_steps=400",
-    "checkpoints.save_frequency=2",
-    "progress=log",
-]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
+from tests.e2e.helpers import TINY, subprocess_env
 
 
 @pytest.fixture
@@ -43,7 +21,12 @@ def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
     ) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "finsense.train", *(TINY if tiny else []), *args]
         return subprocess.run(
-            argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout
+            argv,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run
@@ -59,7 +42,7 @@ def start_train(tmp_path: Path) -> Callable[..., subprocess.Popen[str]]:
         proc = subprocess.Popen(
             argv,
             cwd=tmp_path,
-            env=_env(),
+            env=subprocess_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -72,50 +55,3 @@ def start_train(tmp_path: Path) -> Callable[..., subprocess.Popen[str]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 120.0, poll: float = 0.02) -> None:
-    """Poll until ``predicate()`` holds or fail the test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError("timed out waiting for condition")
-
-
-def load_checkpoint_tensors(models_dir: Path, episode: int) -> dict[str, Any]:
-    """Both files of one checkpoint, loaded safely."""
-    policy = torch.load(models_dir / f"model_ep{episode}.pt", weights_only=True)
-    training = torch.load(models_dir / f"model_ep{episode}.train.pt", weights_only=True)
-    return {"policy": policy, "training": training}
-
-
-def assert_same_state(a: Any, b: Any, where: str = "") -> None:
-    """Recursively assert two loaded states are identical (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"tensor differs at {where}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}"
-        for key in a:
-            assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"value differs at {where}: {a!r} != {b!r}"
-
-
-def run_dir_files(
-    run_dir: Path, *, exclude: Sequence[str] = (".hydra", "logs")
-) -> dict[str, bytes]:
-    """Every file under a run dir (except Hydra's record and logs) with its bytes."""
-    out = {}
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir)
-        if path.is_file() and rel.parts[0] not in exclude and path.name != ".finsense.lock":
-            out[str(rel)] = path.read_bytes()
-    return out

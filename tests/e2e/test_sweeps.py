@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import TINY, _env, assert_same_state, load_checkpoint_tensors, wait_for
+from tests.e2e.helpers import (
+    TINY,
+    assert_same_state,
+    load_checkpoint_tensors,
+    subprocess_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _sweep(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args]
     return subprocess.run(
-        argv, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout
+        argv, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -58,7 +64,11 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
         "agent.gamma=0.9,0.99",
     ]
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     root = tmp_path / "multirun" / "sweep"
     try:
@@ -129,7 +139,12 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
         "hydra.launcher.timeout_min=10",
     ]
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     root = tmp_path / "multirun" / "sweep"
 
@@ -152,7 +167,7 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     reference = subprocess.run(
         [sys.executable, "-m", "finsense.train", *TINY, *args, "hydra.run.dir=reference"],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,0 +1,78 @@
+"""Shared helpers for the end-to-end tests (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# A tiny but real configuration: short episodes, small buffer, learning from step 64.
+TINY = [
+    "env.episode_length=40",
+    "env.data.n_steps=400",
+    "agent.learning_starts=64",
+    "agent.buffer_size=2000",
+    "agent.batch_size=16",
+    "agent.target_update_interval=50",
+    "agent.exploration_steps=400",
+    "checkpoints.save_frequency=2",
+    "progress=log",
+]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 120.0, poll: float = 0.02) -> None:
+    """Poll until ``predicate()`` holds or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError("timed out waiting for condition")
+
+
+def load_checkpoint_tensors(models_dir: Path, episode: int) -> dict[str, Any]:
+    """Both files of one checkpoint, loaded safely."""
+    policy = torch.load(models_dir / f"model_ep{episode}.pt", weights_only=True)
+    training = torch.load(models_dir / f"model_ep{episode}.train.pt", weights_only=True)
+    return {"policy": policy, "training": training}
+
+
+def assert_same_state(a: Any, b: Any, where: str = "") -> None:
+    """Recursively assert two loaded states are identical (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensor differs at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"value differs at {where}: {a!r} != {b!r}"
+
+
+def run_dir_files(
+    run_dir: Path, *, exclude: Sequence[str] = (".hydra", "logs")
+) -> dict[str, bytes]:
+    """Every file under a run dir (except Hydra's record and logs) with its bytes."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and rel.parts[0] not in exclude and path.name != ".finsense.lock":
+            out[str(rel)] = path.read_bytes()
+    return out
