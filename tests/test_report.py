@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from finsense import evaluation, metrics, report
+from finsense.config import EPISODE_METRIC_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ENV: dict[str, Any] = {
@@ -27,16 +28,7 @@ ENV: dict[str, Any] = {
     "initial_cash": 10_000.0,
     "reward": "log_return",
 }
-METRIC_COLUMNS = (
-    "total_profit",
-    "total_return",
-    "sharpe_ratio",
-    "max_drawdown",
-    "total_trades",
-    "win_rate",
-    "buy_and_hold_return",
-    "final_equity",
-)
+METRIC_COLUMNS = EPISODE_METRIC_NAMES
 
 
 class Momentum(torch.nn.Module):

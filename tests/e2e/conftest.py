@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import TINY, subprocess_env
+from tests.e2e.helpers import subprocess_env, train_argv
 
 
 @pytest.fixture
@@ -19,7 +18,7 @@ def train_cmd(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]
     def run(
         *args: str, timeout: float = 180, tiny: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "finsense.train", *(TINY if tiny else []), *args]
+        argv = train_argv(*args, tiny=tiny)
         return subprocess.run(
             argv,
             cwd=tmp_path,
@@ -38,7 +37,7 @@ def start_train(tmp_path: Path) -> Callable[..., subprocess.Popen[str]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str, tiny: bool = True) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-m", "finsense.train", *(TINY if tiny else []), *args]
+        argv = train_argv(*args, tiny=tiny)
         proc = subprocess.Popen(
             argv,
             cwd=tmp_path,

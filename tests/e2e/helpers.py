@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,15 @@ TINY = [
     "checkpoints.save_frequency=2",
     "progress=log",
 ]
+
+
+def train_argv(*args: str, tiny: bool = True, multirun: bool = False) -> list[str]:
+    """The command line of a real ``python -m finsense.train`` run (``TINY`` settings first).
+
+    ``--multirun`` must come before the overrides: Hydra's argparse stops reading them at a flag.
+    """
+    flags = ["--multirun"] if multirun else []
+    return [sys.executable, "-m", "finsense.train", *flags, *(TINY if tiny else []), *args]
 
 
 def subprocess_env() -> dict[str, str]:

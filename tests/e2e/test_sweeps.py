@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from tests.e2e.helpers import (
     assert_same_state,
     load_checkpoint_tensors,
     subprocess_env,
+    train_argv,
     wait_for,
 )
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "finsense.train", "--multirun", *TINY, *args]
+    argv = train_argv(*args, multirun=True)
     return subprocess.run(
         argv, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -53,16 +53,7 @@ def _job_dir(tmp_path: Path, swept: str, sweep: str = "sweep") -> Path:
 
 
 def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "finsense.train",
-        "--multirun",
-        *TINY,
-        "episodes=6",
-        "seed=0,1",
-        "agent.gamma=0.9,0.99",
-    ]
+    argv = train_argv("episodes=6", "seed=0,1", "agent.gamma=0.9,0.99", multirun=True)
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,
@@ -72,7 +63,12 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
     )
     root = tmp_path / "multirun" / "sweep"
     try:
-        wait_for(lambda: len(list(root.glob("*/metrics.csv"))) >= 2, timeout=180)
+        # Stop waiting at once if the sweep died (a bad command line would otherwise cost 180 s).
+        wait_for(
+            lambda: proc.poll() is not None or len(list(root.glob("*/metrics.csv"))) >= 2,
+            timeout=180,
+        )
+        assert proc.poll() is None, f"the sweep exited early with code {proc.returncode}"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -128,16 +124,9 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     tmp_path: Path,
 ) -> None:
     args = ["episodes=150", "seed=3"]
-    argv = [
-        sys.executable,
-        "-m",
-        "finsense.train",
-        "--multirun",
-        *TINY,
-        *args,
-        "hydra/launcher=submitit_local",
-        "hydra.launcher.timeout_min=10",
-    ]
+    argv = train_argv(
+        *args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", multirun=True
+    )
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,
@@ -165,7 +154,7 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     assert "Auto-resuming from episode" in log
 
     reference = subprocess.run(
-        [sys.executable, "-m", "finsense.train", *TINY, *args, "hydra.run.dir=reference"],
+        train_argv(*args, "hydra.run.dir=reference"),
         cwd=tmp_path,
         env=subprocess_env(),
         capture_output=True,
