@@ -464,7 +464,8 @@ def plot_sweep(sweep_dir: Path, jobs: Sequence[JobSummary], out: Path) -> Path:
         ncols=1 if len(jobs) <= 6 else 2,
         fontsize="x-small" if len(jobs) > 8 else "small",
     )
-    ax.set_title(f"Sweep {sweep_dir.name}: {len(jobs)} jobs, ranked by best checkpoint")
+    name = "/".join(sweep_dir.resolve().parts[-2:])  # multirun/<sweep>, as the user typed it
+    ax.set_title(f"{name}: {len(jobs)} jobs, ranked by their best checkpoint")
     return _save(fig, out)
 
 
