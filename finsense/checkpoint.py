@@ -1102,10 +1102,13 @@ class CheckpointManager:
         return state, training if with_training_state else None, meta or {}
 
     # -- history -----------------------------------------------------------------------------
-    def archive(self) -> Path | None:
-        """Move every file of ``models/`` into ``models/archive/<UTC YYYYmmdd-HHMMSS[-n]>/``.
+    def archive(self, after: int | None = None) -> Path | None:
+        """Move files of ``models/`` into ``models/archive/<UTC YYYYmmdd-HHMMSS[-n]>/``.
 
-        For a fresh start that keeps the old history. Nothing is deleted.
+        Nothing is deleted. With ``after=None`` (a fresh start) every file moves. With
+        ``after=N`` (training goes back to episode N) only what belongs to the abandoned
+        future moves: the files of episodes after N, and ``best_model.*`` when its episode is
+        after N (the next save rebuilds the best from the checkpoints that stay).
 
         Returns:
             The archive folder, or None when there was nothing to move.
@@ -1119,6 +1122,8 @@ class CheckpointManager:
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             try:
                 names = sorted(n for n in os.listdir(self.models_dir) if n != ARCHIVE_DIR)
+                if after is not None:
+                    names = [n for n in names if self._after(n, after)]
                 if not names:
                     return None
                 root.mkdir(exist_ok=True)
@@ -1140,6 +1145,20 @@ class CheckpointManager:
                 ) from exc
             log.info("archived %d files of %s to %s", len(names), self.models_dir, target)
             return target
+
+    def _after(self, name: str, episode: int) -> bool:
+        """Whether file ``name`` of ``models/`` belongs to an episode after ``episode``."""
+        if name.startswith("model_ep"):
+            number = name[8:].split(".", 1)[0]
+            found = _episode_of(number)
+            return found is not None and found > episode
+        if name.startswith(f"{BEST}."):
+            try:
+                best_episode = read_json(self.models_dir / f"{BEST}.json").get("episode")
+            except (OSError, ValueError):
+                return False  # unreadable: best() sets it aside; it is not ours to judge here
+            return isinstance(best_episode, int) and best_episode > episode
+        return False
 
 
 class RunLock:

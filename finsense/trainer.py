@@ -16,6 +16,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -314,12 +315,34 @@ class Trainer:
         if resume == "auto":
             return self.manager.latest()
         path = Path(resume).expanduser()
+        if not path.exists() and not path.is_absolute() and (self.run_dir / path).exists():
+            path = self.run_dir / path  # the guide's `--resume models/model_ep200.pt`
         if not path.exists():
             raise CheckpointError(
                 f"resume={resume}: no such checkpoint file; "
                 "use resume=auto or a models/model_epN.pt path"
             )
         return path
+
+    def _set_aside_other_future(self, checkpoint: Path, start: int) -> None:
+        """Before training on from an explicitly named checkpoint, archive what it would mix with.
+
+        Named from this run's ``models/``: the checkpoints after its episode (and a best model
+        from after it) belong to a future this run abandons. Named from elsewhere: this run's
+        whole history is another line of training. Either way it moves to ``models/archive/``
+        with the matching ``metrics.csv``, never deleted, so ``resume=auto`` later finds only
+        checkpoints of the history being trained now.
+        """
+        models = self.manager.models_dir.resolve()
+        ours = checkpoint.resolve().parent == models
+        archived = self.manager.archive(after=start if ours else None)
+        if archived is None:
+            return
+        metrics = self.run_dir / "metrics.csv"
+        if metrics.exists():
+            shutil.copy2(metrics, archived / "metrics.csv")
+        what = f"checkpoints after episode {start}" if ours else "this run's previous history"
+        log.warning("resume=%s: %s moved to %s", self._rel(checkpoint), what, self._rel(archived))
 
     def restore(self, checkpoint: CheckpointInfo | Path) -> int:
         """Load a checkpoint into the agent (after the drift check); return its episode."""
@@ -364,6 +387,8 @@ class Trainer:
             )
             result.best = self.manager.best()
             return result
+        if isinstance(checkpoint, Path):
+            self._set_aside_other_future(checkpoint, start)
         if start > 0:
             log.info("Resuming training from episode %d/%d", start + 1, total)
         else:

@@ -727,6 +727,35 @@ def test_archive_moves_every_file_and_deletes_nothing(
     )
 
 
+def test_archive_after_moves_only_the_later_episodes_and_a_later_best(
+    manager: CheckpointManager, models: Path
+) -> None:
+    save(manager, 2, value=1.0)
+    save(manager, 4, value=5.0)  # the best
+    save(manager, 6, value=2.0)
+    (models / "model_ep6.pt.corrupt").write_bytes(b"x")
+    archived = manager.archive(after=4)
+    assert archived is not None
+    assert {p.name for p in archived.iterdir()} == {
+        "model_ep6.pt",
+        "model_ep6.train.pt",
+        "model_ep6.json",
+        "model_ep6.pt.corrupt",
+    }
+    assert manager.all_episodes() == [2, 4]
+    best = manager.best()
+    assert best is not None and best.episode == 4  # the best is not after episode 4: it stays
+
+    later = manager.archive(after=2)
+    assert later is not None and later != archived
+    assert "best_model.json" in {p.name for p in later.iterdir()}
+    assert manager.all_episodes() == [2]
+    assert manager.archive(after=2) is None  # nothing after episode 2 is left
+    save(manager, 3, value=0.5)
+    best = manager.best()  # rebuilt from the checkpoints that stayed: episode 2 beats 3
+    assert best is not None and best.episode == 2
+
+
 # -- the run lock ----------------------------------------------------------------------------------
 def python(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(

@@ -195,13 +195,53 @@ def test_structural_drift_is_refused_and_other_drift_is_logged(tmp_path: Path, t
     assert "changed since the checkpoint: agent.learning_rate: 0.001 -> 0.0005" in changed.stdout
 
 
-def test_resume_from_a_named_checkpoint(tmp_path: Path, train_cmd) -> None:
+def test_resume_from_a_named_checkpoint_of_another_run_archives_this_runs_history(
+    tmp_path: Path, train_cmd
+) -> None:
     assert train_cmd("episodes=6").returncode == 0
+    assert train_cmd("episodes=2", "name=branch").returncode == 0
     path = _run_dir(tmp_path) / "models" / "model_ep4.pt"
     again = train_cmd("episodes=6", "--resume", str(path), "name=branch")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resuming from episode 4:" in again.stdout
     assert "Resuming training from episode 5/6" in again.stdout
+    assert "this run's previous history moved to models/archive/" in again.stdout
+    branch = _run_dir(tmp_path, "branch")
+    (archive,) = (branch / "models" / "archive").iterdir()
+    assert (archive / "model_ep2.pt").exists() and (archive / "metrics.csv").exists()
+    assert sorted(p.name for p in (branch / "models").glob("model_ep*.json")) == ["model_ep6.json"]
+    # The run goes on from the other run's episode 4 exactly: same weights at episode 6.
+    assert_same_state(
+        load_checkpoint_tensors(branch / "models", 6),
+        load_checkpoint_tensors(_run_dir(tmp_path) / "models", 6),
+    )
+
+
+def test_going_back_to_an_earlier_checkpoint_archives_the_abandoned_future(
+    tmp_path: Path, train_cmd
+) -> None:
+    assert train_cmd("episodes=10").returncode == 0
+    run_dir = _run_dir(tmp_path)
+    models = run_dir / "models"
+    ten = load_checkpoint_tensors(models, 10)
+    # The guide's form: a path relative to the run directory.
+    back = train_cmd("episodes=8", "--resume", "models/model_ep4.pt")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "Resuming from episode 4: models/model_ep4.pt" in back.stdout
+    assert "checkpoints after episode 4 moved to models/archive/" in back.stdout
+    (archive,) = (models / "archive").iterdir()
+    assert {p.name for p in archive.glob("model_ep*.json")} == {
+        "model_ep6.json",
+        "model_ep8.json",
+        "model_ep10.json",
+    }
+    assert len((archive / "metrics.csv").read_text().splitlines()) == 11  # the whole old history
+    assert sorted(int(p.stem[8:]) for p in models.glob("model_ep*.json")) == [2, 4, 6, 8]
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 9
+    # resume=auto now follows the new line: episode 8, then on to 10, equal to the first run.
+    on = train_cmd("episodes=10")
+    assert "Auto-resuming from episode 8: models/model_ep8.pt" in on.stdout
+    assert_same_state(load_checkpoint_tensors(models, 10), ten)
 
 
 @pytest.mark.parametrize(
