@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -136,10 +137,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from finsense.checkpoint import CheckpointManager, RunLock
     from finsense.device import resolve_device, set_torch_threads
     from finsense.envs.trading import TradingEnv
-    from finsense.trainer import Trainer, TrainSettings, seed_everything
+    from finsense.trainer import Trainer, TrainSettings, resume_path, seed_everything
 
     validate(cfg)
     device = resolve_device(cfg.device)
+    if str(cfg.resume) not in ("auto", "never"):
+        resume_path(str(cfg.resume), run_dir)  # a missing file is refused before any work
     plain = to_plain(cfg)
 
     # Build everything that can fail on bad input before touching the run directory.
@@ -298,9 +301,29 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun:
             # One bad job must not take the rest of the sweep down; its error is in its log.
             return math.nan
+        _remove_if_only_hydra_record(run_dir)
         sys.exit(err.exit_code)
     except _InterruptedError as stop:
         sys.exit(stop.exit_code)
+
+
+_HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def _remove_if_only_hydra_record(run_dir: Path) -> None:
+    """Undo the run directory Hydra made for a command refused before any work (a typo in a
+    value, a bad data file), so mistakes leave no empty runs behind. Only a directory holding
+    nothing but Hydra's three record files goes; anything else keeps it."""
+    record = run_dir / ".hydra"
+    try:
+        if os.listdir(run_dir) != [".hydra"] or not set(os.listdir(record)) <= _HYDRA_RECORD:
+            return
+        for name in os.listdir(record):
+            os.remove(record / name)
+        os.rmdir(record)
+        os.rmdir(run_dir)
+    except OSError:
+        pass  # a leftover directory is harmless
 
 
 def main() -> None:

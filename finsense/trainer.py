@@ -267,6 +267,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resume_path(resume: str, run_dir: Path) -> Path:
+    """The checkpoint file ``resume=PATH`` names: from the working directory, else from the run
+    directory (the guide's ``--resume models/model_ep200.pt``).
+
+    Raises:
+        CheckpointError: no such file.
+    """
+    path = Path(resume).expanduser()
+    if not path.exists() and not path.is_absolute() and (run_dir / path).exists():
+        path = run_dir / path
+    if not path.exists():
+        raise CheckpointError(
+            f"resume={resume}: no such checkpoint file; "
+            "use resume=auto or a models/model_epN.pt path"
+        )
+    return path
+
+
 class Trainer:
     """Runs episodes ``start+1 .. episodes`` of one run and keeps its checkpoints.
 
@@ -314,15 +332,7 @@ class Trainer:
             return None
         if resume == "auto":
             return self.manager.latest()
-        path = Path(resume).expanduser()
-        if not path.exists() and not path.is_absolute() and (self.run_dir / path).exists():
-            path = self.run_dir / path  # the guide's `--resume models/model_ep200.pt`
-        if not path.exists():
-            raise CheckpointError(
-                f"resume={resume}: no such checkpoint file; "
-                "use resume=auto or a models/model_epN.pt path"
-            )
-        return path
+        return resume_path(resume, self.run_dir)
 
     def _set_aside_other_future(self, checkpoint: Path, start: int) -> None:
         """Before training on from an explicitly named checkpoint, archive what it would mix with.

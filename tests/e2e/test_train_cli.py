@@ -258,7 +258,7 @@ def test_going_back_to_an_earlier_checkpoint_archives_the_abandoned_future(
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(
-    train_cmd, args: list[str], expected: str
+    tmp_path: Path, train_cmd, args: list[str], expected: str
 ) -> None:
     if "device=cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -269,6 +269,16 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(
     assert "Traceback" not in combined
     errors = [line for line in combined.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1, combined
+    # A refused command leaves no empty run directory behind.
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_a_refused_command_keeps_an_existing_run_directory(tmp_path: Path, train_cmd) -> None:
+    assert train_cmd("episodes=2").returncode == 0
+    before = run_dir_files(_run_dir(tmp_path))
+    refused = train_cmd("episodes=4", "checkpoints.max_keep=0")
+    assert refused.returncode == 2
+    assert run_dir_files(_run_dir(tmp_path)) == before
 
 
 def test_hydra_type_error_is_reported_without_traceback(train_cmd) -> None:
