@@ -24,6 +24,7 @@ from finsense.agents import (
 from finsense.device import DEFAULT_THREADS, resolve_device, set_torch_threads
 from finsense.envs import TradingEnv
 from finsense.errors import CheckpointError, ConfigError
+from tests.helpers import assert_same_state
 
 WINDOW = 10
 OBS_DIM = WINDOW + 1
@@ -80,23 +81,6 @@ def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
     buffer.seek(0)
     loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
     return loaded
-
-
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    """Nested dicts/lists of tensors and plain values are equal, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 # -- acting ------------------------------------------------------------------------------------
@@ -378,7 +362,7 @@ def test_resume_from_a_saved_state_equals_training_without_a_break() -> None:
         resumed.q_network.parameters(), uninterrupted.q_network.parameters(), strict=True
     ):
         assert torch.equal(p, q)
-    assert_same(resumed.state_dict(), reference)  # target, Adam, buffer, counters, RNGs
+    assert_same_state(resumed.state_dict(), reference)  # target, Adam, buffer, counters, RNGs
     assert (random.random(), np.random.random()) == after_global[:2]
     assert torch.equal(torch.rand(1), after_global[2])
 
@@ -401,7 +385,7 @@ def test_state_dict_is_tensors_and_plain_values_and_loads_with_weights_only() ->
             assert isinstance(value, plain), f"{where} is {type(value).__name__}"
 
     check(state, "state")
-    assert_same(roundtrip(state), state)
+    assert_same_state(roundtrip(state), state)
     assert set(state["policy"]) == {"arch", "weights"}
     assert state["training"]["buffer"]["fill"] == 120
     assert state["training"]["steps"] == 120
@@ -414,7 +398,7 @@ def test_state_dict_is_a_copy_that_later_training_does_not_change() -> None:
     state = agent.state_dict()
     snapshot = copy.deepcopy(state)
     run_steps(agent, env, 100)
-    assert_same(state, snapshot)
+    assert_same_state(state, snapshot)
 
 
 def test_load_policy_rebuilds_the_greedy_network_without_training_state() -> None:
@@ -423,7 +407,7 @@ def test_load_policy_rebuilds_the_greedy_network_without_training_state() -> Non
     for _ in range(20):
         agent.learn()
     policy = roundtrip({"policy": agent.policy_state_dict()})["policy"]
-    assert_same(policy, agent.state_dict()["policy"])
+    assert_same_state(policy, agent.state_dict()["policy"])
     net = DQNAgent.load_policy(policy)
     assert isinstance(net, QNetwork) and not net.training
     obs = torch.randn(5, OBS_DIM)

@@ -36,8 +36,8 @@ def start_train(tmp_path: Path) -> Callable[..., subprocess.Popen[str]]:
     """Start the trainer in ``tmp_path`` without waiting (for signals)."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*args: str, tiny: bool = True) -> subprocess.Popen[str]:
-        argv = train_argv(*args, tiny=tiny)
+    def start(*args: str, tiny: bool = True, multirun: bool = False) -> subprocess.Popen[str]:
+        argv = train_argv(*args, tiny=tiny, multirun=multirun)
         proc = subprocess.Popen(
             argv,
             cwd=tmp_path,

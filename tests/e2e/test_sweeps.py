@@ -12,12 +12,12 @@ import yaml
 
 from tests.e2e.helpers import (
     TINY,
-    assert_same_state,
     load_checkpoint_tensors,
     subprocess_env,
     train_argv,
     wait_for,
 )
+from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
 
@@ -121,19 +121,11 @@ def _submitit_job_pids() -> list[int]:
 
 
 def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weights(
-    tmp_path: Path,
+    tmp_path: Path, start_train, train_cmd
 ) -> None:
     args = ["episodes=150", "seed=3"]
-    argv = train_argv(
+    proc = start_train(
         *args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", multirun=True
-    )
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
     )
     root = tmp_path / "multirun" / "sweep"
 
@@ -153,14 +145,7 @@ def test_submitit_job_signalled_mid_run_is_requeued_and_ends_with_the_same_weigh
     assert "Stopped by SIGUSR2 after episode" in log
     assert "Auto-resuming from episode" in log
 
-    reference = subprocess.run(
-        train_argv(*args, "hydra.run.dir=reference"),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    reference = train_cmd(*args, "hydra.run.dir=reference", timeout=300)
     assert reference.returncode == 0, reference.stdout + reference.stderr
     assert_same_state(
         load_checkpoint_tensors(tmp_path / "reference" / "models", 150),

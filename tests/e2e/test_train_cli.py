@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.helpers import assert_same_state, load_checkpoint_tensors, run_dir_files, wait_for
+from tests.e2e.helpers import load_checkpoint_tensors, run_dir_files, wait_for
+from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
 

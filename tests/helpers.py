@@ -1,0 +1,25 @@
+"""Helpers shared by the unit and end-to-end tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def assert_same_state(a: Any, b: Any, where: str = "") -> None:
+    """Recursively assert two loaded states are identical (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensor differs at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"value differs at {where}: {a!r} != {b!r}"
