@@ -566,16 +566,7 @@ class CheckpointManager:
                 current = self._current_best_value()
                 improved = current is None or self._better(value, current)
             self._loaded = None
-            meta = dict(metadata)
-            meta.update(
-                episode=episode,
-                is_best=improved,
-                metric_name=self.metric_name,
-                metric_value=value,
-                mode=self.mode,
-                epsilon=metadata.get("epsilon"),
-                format_version=FORMAT_VERSION,
-            )
+            meta = self._metadata(episode, metadata, value, is_best=improved)
             meta = self._commit(pt, train, json_path, model_bytes, training_bytes, meta)
             info = CheckpointInfo(episode, pt, meta)
             if improved:
@@ -592,6 +583,75 @@ class CheckpointManager:
             except OSError as exc:  # the save itself is complete; the next one rotates again
                 log.warning("%s: cannot rotate old checkpoints (%s)", self.models_dir, _reason(exc))
             return info
+
+    def improves(self, metrics: Mapping[str, Any]) -> bool:
+        """Whether an episode with these ``metrics`` would beat the best model.
+
+        Cheap (reads ``best_model.json``); False when ``save_best`` is off or the metric is NaN.
+        """
+        if not self.save_best:
+            return False
+        value = self._metric_of({"metrics": metrics})
+        if math.isnan(value):
+            return False
+        with self._mutex:
+            current = self._current_best_value()
+        return current is None or self._better(value, current)
+
+    def update_best(
+        self,
+        episode: int,
+        state: dict[str, Any],
+        metadata: dict[str, Any],
+        *,
+        training_state: dict[str, Any] | None = None,
+    ) -> CheckpointInfo | None:
+        """Make ``episode`` the best model if it beats it, without an episodic checkpoint.
+
+        For an episode off the save grid that sets a new best: ``best_model.*`` is written with
+        the same care as a checkpoint (temporary names, fsync, the old best's JSON removed first,
+        the new JSON last), so a crash leaves either the old best or the new one, or best files
+        without a JSON that the next look at the best removes before rebuilding it from the
+        episodic checkpoints. Arguments as for :meth:`save`. Draws no random numbers.
+
+        Returns:
+            The new best, or None when ``episode`` does not beat the best (nothing is written).
+
+        Raises:
+            ConfigError, CheckpointError: as for :meth:`save`.
+        """
+        value = self._metric_of(metadata)
+        if not self.improves(metadata["metrics"]):
+            return None
+        model_bytes = _serialise(state, "state")
+        training_bytes = (
+            None
+            if training_state is None
+            else _serialise(training_state, "training_state", zip_crc32=False)
+        )
+        with self._mutex:
+            self._loaded = None
+            meta = self._metadata(episode, metadata, value, is_best=True)
+            best_pt, best_train, best_json = _files(self.models_dir, BEST)
+            meta = self._commit(best_pt, best_train, best_json, model_bytes, training_bytes, meta)
+            log.debug("episode %d is the new best (%s=%s)", episode, self.metric_name, value)
+            return CheckpointInfo(episode, best_pt, meta)
+
+    def _metadata(
+        self, episode: int, metadata: Mapping[str, Any], value: float, *, is_best: bool
+    ) -> dict[str, Any]:
+        """The JSON of a checkpoint before the store's own fields (checksums, sizes, time)."""
+        meta = dict(metadata)
+        meta.update(
+            episode=episode,
+            is_best=is_best,
+            metric_name=self.metric_name,
+            metric_value=value,
+            mode=self.mode,
+            epsilon=metadata.get("epsilon"),
+            format_version=FORMAT_VERSION,
+        )
+        return meta
 
     def _commit(
         self,

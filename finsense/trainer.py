@@ -267,6 +267,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _metrics_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of a metrics.csv row (what checkpoints record and rank by)."""
+    return {k: v for k, v in row.items() if k not in ("episode", "epsilon", "steps", "seconds")}
+
+
 def resume_path(resume: str, run_dir: Path) -> Path:
     """The checkpoint file ``resume=PATH`` names: from the working directory, else from the run
     directory (the guide's ``--resume models/model_ep200.pt``).
@@ -426,10 +431,16 @@ class Trainer:
                     or interrupt.signum is not None
                     or (minutes is not None and time.monotonic() - last_save >= 60.0 * minutes)
                 )
-                if due:
+                if not due and self.manager.improves(_metrics_of(row)):
+                    self.save_best_episode(episode, row)  # a new best off the grid: kept at once
+                saved = False
+                if due or interrupt.signum is not None:  # a signal during the best update too
                     result.last_checkpoint = self.save_episode(episode, row)
                     last_save = time.monotonic()
+                    saved = True
                 if interrupt.signum is not None:
+                    if not saved:  # the signal came in just now
+                        result.last_checkpoint = self.save_episode(episode, row)
                     result.interrupted_by = interrupt.signum
                     result.chained_handler = interrupt.chained_handler()
                     log.warning(
@@ -460,22 +471,39 @@ class Trainer:
     def save_episode(self, episode: int, row: dict[str, Any]) -> Path:
         """Write this episode's checkpoint (policy + training state + metadata)."""
         state = self.agent.state_dict()
-        metrics = {
-            k: v for k, v in row.items() if k not in ("episode", "epsilon", "steps", "seconds")
-        }
-        metadata = {
-            "metrics": metrics,
+        info = self.manager.save(
+            episode,
+            {"policy": state["policy"]},
+            self._metadata(row),
+            training_state=state["training"],
+        )
+        log.debug("saved %s", self._rel(info.path))
+        return info.path
+
+    def save_best_episode(self, episode: int, row: dict[str, Any]) -> None:
+        """An episode off the save grid beat the best: make it the best model at once.
+
+        Full training state included, so ``resume=models/best_model.pt`` continues from it.
+        """
+        state = self.agent.state_dict()
+        info = self.manager.update_best(
+            episode,
+            {"policy": state["policy"]},
+            self._metadata(row),
+            training_state=state["training"],
+        )
+        if info is not None:
+            log.debug("episode %d is the new best model", episode)
+
+    def _metadata(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "metrics": _metrics_of(row),
             "epsilon": row["epsilon"],
             "steps": row["steps"],
             "episodes_total": self.settings.episodes,
             "seed": self.settings.seed,
             "config": self.config,
         }
-        info = self.manager.save(
-            episode, {"policy": state["policy"]}, metadata, training_state=state["training"]
-        )
-        log.debug("saved %s", self._rel(info.path))
-        return info.path
 
     # -- output -----------------------------------------------------------------------------
     def _row(self, episode: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -255,6 +255,33 @@ def test_best_tracks_the_metric_by_mode(
     assert os.path.samefile(models / "best_model.pt", models / f"model_ep{best_episode}.pt")
 
 
+def test_update_best_writes_only_the_best_and_only_on_improvement(
+    manager: CheckpointManager, models: Path
+) -> None:
+    save(manager, 10, value=2.0)
+    assert manager.improves({"total_profit": 3.0, "sharpe_ratio": 0.0})
+    assert not manager.improves({"total_profit": 2.0, "sharpe_ratio": 0.0})  # ties do not count
+    assert not manager.improves({"total_profit": math.nan, "sharpe_ratio": 0.0})
+    assert manager.update_best(11, policy(11), meta(1.0), training_state=training(11)) is None
+    assert names(models) == {f"model_ep10{k}" for k in (".pt", ".train.pt", ".json")} | {
+        f"best_model{k}" for k in (".pt", ".train.pt", ".json")
+    }
+    info = manager.update_best(13, policy(13), meta(4.0), training_state=training(13))
+    assert info is not None and info.episode == 13 and info.path == models / "best_model.pt"
+    assert not (models / "model_ep13.json").exists()  # no episodic checkpoint for it
+    assert (models / "model_ep10.pt").exists()  # the old best's episode is untouched
+    best = manager.best()
+    assert best is not None and (best.episode, best.metric_value) == (13, 4.0)
+    state, train_state, data = manager.load(best)
+    assert state["episode"] == 13 and train_state is not None and train_state["steps"] == 130
+    assert data["is_best"] is True
+    loaded = torch.load(models / "model_ep10.pt", weights_only=True)
+    assert loaded["episode"] == 10  # replacing best_model.pt never wrote through a hard link
+    # The next checkpoint compares with the new best.
+    assert save(manager, 20, value=3.5).metadata["is_best"] is False
+    assert save(manager, 30, value=4.5).metadata["is_best"] is True
+
+
 def test_save_best_false_writes_no_best(models: Path) -> None:
     manager = CheckpointManager(models, save_best=False)
     info = save(manager, 1, value=3.0)
@@ -974,6 +1001,23 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
         for e in saved:
             if e not in kept:
                 del self.episodes[e]
+
+    @rule(value=VALUES, gap=st.integers(1, 3))
+    def update_best(self, value: float, gap: int) -> None:
+        """An episode off the save grid that may beat the best: only best_model.* is written."""
+        episode = self.next_episode
+        self.next_episode += gap
+        improved = False
+        if not math.isnan(value):
+            current = self.current_best_for_save()
+            improved = current is None or self.better(value, current)
+        info = self.manager.update_best(
+            episode, policy(episode), meta(value), training_state=training(episode, n=8)
+        )
+        assert (info is not None) is improved
+        self.saved_values.append(value)
+        if improved:
+            self.best_files = Files(value, episode, True)  # files of its own, no episodic twin
 
     def existing(self) -> list[tuple[int | None, str]]:
         found: list[tuple[int | None, str]] = [

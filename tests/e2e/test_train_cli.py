@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 import signal
@@ -56,6 +58,12 @@ def test_rotation_keeps_max_keep_newest_and_best(tmp_path: Path, train_cmd) -> N
     assert (models / "best_model.pt").exists()
     lines = (_run_dir(tmp_path) / "metrics.csv").read_text().splitlines()
     assert len(lines) == 17 and lines[0].startswith("episode,")
+    # best_model is the best episode of the whole run, on the save grid or not.
+    rows = list(csv.DictReader(lines))
+    top = max(rows, key=lambda r: float(r["total_profit"]))
+    best_meta = json.loads(best)
+    assert best_meta["episode"] == int(top["episode"])
+    assert best_meta["metric_value"] == pytest.approx(float(top["total_profit"]), rel=1e-9)
     assert (_run_dir(tmp_path) / "logs" / "finsense.log").read_text().count("Episode ") == 16
 
 
