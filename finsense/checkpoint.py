@@ -315,6 +315,19 @@ _PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dt
 _CONTAINERS = (dict, list, tuple, set, torch.Size, OrderedDict, Counter)
 
 
+def _serialise_pair(
+    state: Mapping[str, Any], training_state: Mapping[str, Any] | None
+) -> tuple[memoryview, memoryview | None]:
+    """The bytes of a checkpoint's model file and companion (without the zip's CRC-32: the
+    SHA-256 covers it)."""
+    training = (
+        None
+        if training_state is None
+        else _serialise(training_state, "training_state", zip_crc32=False)
+    )
+    return _serialise(state, "state"), training
+
+
 def _plainly_loadable(obj: Any) -> bool:
     """Whether ``obj`` is built only from types that ``weights_only`` loading always accepts."""
     stack = [obj]
@@ -553,12 +566,7 @@ class CheckpointManager:
         if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
             raise ValueError(f"episode must be an int >= 0, not {episode!r}")
         value = self._metric_of(metadata)
-        model_bytes = _serialise(state, "state")
-        training_bytes = (
-            None
-            if training_state is None
-            else _serialise(training_state, "training_state", zip_crc32=False)
-        )
+        model_bytes, training_bytes = _serialise_pair(state, training_state)
         with self._mutex:
             pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
             improved = False
@@ -623,12 +631,7 @@ class CheckpointManager:
         value = self._metric_of(metadata)
         if not self.improves(metadata["metrics"]):
             return None
-        model_bytes = _serialise(state, "state")
-        training_bytes = (
-            None
-            if training_state is None
-            else _serialise(training_state, "training_state", zip_crc32=False)
-        )
+        model_bytes, training_bytes = _serialise_pair(state, training_state)
         with self._mutex:
             self._loaded = None
             meta = self._metadata(episode, metadata, value, is_best=True)

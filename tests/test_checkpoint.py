@@ -978,15 +978,18 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
         rebuilt = self.rebuild_best()  # when nothing qualifies, leftovers stay until best()
         return None if rebuilt is None else rebuilt.value
 
+    def improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        current = self.current_best_for_save()
+        return current is None or self.better(value, current)
+
     # -- rules ----------------------------------------------------------------------------------
     @rule(value=VALUES, gap=st.integers(1, 3))
     def save(self, value: float, gap: int) -> None:
         episode = self.next_episode
         self.next_episode += gap
-        improved = False
-        if not math.isnan(value):
-            current = self.current_best_for_save()
-            improved = current is None or self.better(value, current)
+        improved = self.improves(value)
         info = self.manager.save(
             episode, policy(episode), meta(value), training_state=training(episode, n=8)
         )
@@ -1007,10 +1010,7 @@ class CheckpointStoreMachine(RuleBasedStateMachine):
         """An episode off the save grid that may beat the best: only best_model.* is written."""
         episode = self.next_episode
         self.next_episode += gap
-        improved = False
-        if not math.isnan(value):
-            current = self.current_best_for_save()
-            improved = current is None or self.better(value, current)
+        improved = self.improves(value)
         info = self.manager.update_best(
             episode, policy(episode), meta(value), training_state=training(episode, n=8)
         )
