@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.evaluation import TABLE_METRICS, EvalResult, run_evaluation
 
@@ -83,6 +84,7 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 for a user's mistake)."""
     parser = argparse.ArgumentParser(

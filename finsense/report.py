@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from finsense import metrics
+from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.evaluation import (
     EQUITY_FILE,
@@ -474,6 +475,7 @@ def _is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() or (path / "metrics.csv").is_file()
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 when nothing could be drawn)."""
     parser = argparse.ArgumentParser(

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.lockfile import lock_held
 
@@ -338,6 +339,7 @@ def format_table(runs: Sequence[RunStatus]) -> str:
     )
 
 
+@quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 for a missing DIR)."""
     parser = argparse.ArgumentParser(

@@ -353,3 +353,23 @@ def test_status_command_does_not_import_torch(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert "complete" in lines[-2]
     assert lines[-1] == "False"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``python -m finsense.status | head -1``: no BrokenPipeError traceback, exit 141."""
+    for i in range(30):
+        make_run(tmp_path / "outputs" / f"run{i}", episodes=[5], total=5, best_episode=5)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "finsense.status", str(tmp_path / "outputs")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 128 + 13, done.stderr  # 128 + SIGPIPE, as Unix tools exit
+    assert done.stderr == ""

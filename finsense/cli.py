@@ -1,0 +1,34 @@
+"""What every FinSense command-line tool shares (kept free of heavy imports: status is fast)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import ParamSpec
+
+P = ParamSpec("P")
+
+
+def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
+    """Wrap a ``main`` so that ``... | head`` ends it quietly, as Unix tools do.
+
+    When the reader of stdout goes away, the rest of the output is dropped (stdout is pointed at
+    /dev/null so Python's final flush cannot complain) and the exit code is 128 + SIGPIPE.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 128 + signal.SIGPIPE
+
+    return wrapper
