@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -32,3 +33,23 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
             return 128 + signal.SIGPIPE
 
     return wrapper
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """The console log handler of ``finsense.train`` (named in conf/hydra/job_logging).
+
+    If the reader of the console goes away (``python -m finsense.train | head``), training goes
+    on and keeps logging to ``logs/finsense.log``; the console is pointed at /dev/null instead of
+    printing a "Logging error" traceback for every later message.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError, AttributeError):
+                self.stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the handler)
+            return
+        super().handleError(record)

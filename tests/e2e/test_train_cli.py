@@ -7,13 +7,20 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.e2e.helpers import load_checkpoint_tensors, run_dir_files, wait_for
+from tests.e2e.helpers import (
+    load_checkpoint_tensors,
+    run_dir_files,
+    subprocess_env,
+    train_argv,
+    wait_for,
+)
 from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
@@ -383,3 +390,26 @@ def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("total_profit")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_goes_on_quietly_when_the_console_reader_goes_away(tmp_path: Path) -> None:
+    """``python -m finsense.train | head -1``: the run finishes, no "Logging error" flood."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            train_argv("episodes=4"),
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    run_dir = _run_dir(tmp_path)
+    assert (run_dir / "models" / "model_ep4.json").exists()
+    assert "Episode 4/4" in (run_dir / "logs" / "finsense.log").read_text()
