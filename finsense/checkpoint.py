@@ -1186,7 +1186,7 @@ class CheckpointManager:
             try:
                 names = sorted(n for n in os.listdir(self.models_dir) if n != ARCHIVE_DIR)
                 if after is not None:
-                    names = [n for n in names if self._after(n, after)]
+                    names = self._after(names, after)
                 if not names:
                     return None
                 root.mkdir(exist_ok=True)
@@ -1209,19 +1209,23 @@ class CheckpointManager:
             log.info("archived %d files of %s to %s", len(names), self.models_dir, target)
             return target
 
-    def _after(self, name: str, episode: int) -> bool:
-        """Whether file ``name`` of ``models/`` belongs to an episode after ``episode``."""
-        if name.startswith("model_ep"):
-            number = name[8:].split(".", 1)[0]
-            found = _episode_of(number)
-            return found is not None and found > episode
-        if name.startswith(f"{BEST}."):
-            try:
-                best_episode = read_json(self.models_dir / f"{BEST}.json").get("episode")
-            except (OSError, ValueError):
-                return False  # unreadable: best() sets it aside; it is not ours to judge here
-            return isinstance(best_episode, int) and best_episode > episode
-        return False
+    def _after(self, names: list[str], episode: int) -> list[str]:
+        """The files among ``names`` that belong to episodes after ``episode``."""
+        try:
+            best_episode = read_json(self.models_dir / f"{BEST}.json").get("episode")
+        except (OSError, ValueError):
+            best_episode = None  # missing or unreadable: best() deals with it, not the archive
+        best_later = isinstance(best_episode, int) and best_episode > episode
+        later = []
+        for name in names:
+            if name.startswith(f"{BEST}."):
+                if best_later:
+                    later.append(name)
+            elif name.startswith("model_ep"):
+                found = _episode_of(name[8:].split(".", 1)[0])
+                if found is not None and found > episode:
+                    later.append(name)
+        return later
 
 
 class RunLock:

@@ -433,19 +433,17 @@ class Trainer:
                 )
                 if not due and self.manager.improves(_metrics_of(row)):
                     self.save_best_episode(episode, row)  # a new best off the grid: kept at once
-                saved = False
-                if due or interrupt.signum is not None:  # a signal during the best update too
+                # Read once: a signal from here on is answered after the next episode.
+                stop = interrupt.signum
+                if due or stop is not None:
                     result.last_checkpoint = self.save_episode(episode, row)
                     last_save = time.monotonic()
-                    saved = True
-                if interrupt.signum is not None:
-                    if not saved:  # the signal came in just now
-                        result.last_checkpoint = self.save_episode(episode, row)
-                    result.interrupted_by = interrupt.signum
+                if stop is not None:
+                    result.interrupted_by = stop
                     result.chained_handler = interrupt.chained_handler()
                     log.warning(
                         "Stopped by %s after episode %d; checkpoint saved: %s",
-                        signal.Signals(interrupt.signum).name,
+                        signal.Signals(stop).name,
                         episode,
                         self._rel(result.last_checkpoint or self.run_dir),
                     )

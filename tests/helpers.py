@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from typing import Any
 
 import torch
@@ -23,3 +25,14 @@ def assert_same_state(a: Any, b: Any, where: str = "") -> None:
             assert_same_state(x, y, f"{where}[{i}]")
     else:
         assert a == b or (a != a and b != b), f"value differs at {where}: {a!r} != {b!r}"
+
+
+def run_into_closed_pipe(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with stdout a pipe whose reader is gone before the first byte (``| head``);
+    stderr is captured."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, **kwargs)
+    finally:
+        os.close(write_end)

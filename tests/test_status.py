@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from finsense.status import collect, main
+from tests.helpers import run_into_closed_pipe
 
 JSON_KEYS = {
     "run_dir",
@@ -359,17 +360,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """``python -m finsense.status | head -1``: no BrokenPipeError traceback, exit 141."""
     for i in range(30):
         make_run(tmp_path / "outputs" / f"run{i}", episodes=[5], total=5, best_episode=5)
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first byte
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "finsense.status", str(tmp_path / "outputs")],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(write_end)
+    done = run_into_closed_pipe(
+        [sys.executable, "-m", "finsense.status", str(tmp_path / "outputs")], timeout=60
+    )
     assert done.returncode == 128 + 13, done.stderr  # 128 + SIGPIPE, as Unix tools exit
     assert done.stderr == ""

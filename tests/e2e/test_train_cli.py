@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.e2e.helpers import (
     train_argv,
     wait_for,
 )
-from tests.helpers import assert_same_state
+from tests.helpers import assert_same_state, run_into_closed_pipe
 
 pytestmark = pytest.mark.slow
 
@@ -394,20 +393,9 @@ def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
 
 def test_training_goes_on_quietly_when_the_console_reader_goes_away(tmp_path: Path) -> None:
     """``python -m finsense.train | head -1``: the run finishes, no "Logging error" flood."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first line
-    try:
-        done = subprocess.run(
-            train_argv("episodes=4"),
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        os.close(write_end)
+    done = run_into_closed_pipe(
+        train_argv("episodes=4"), cwd=tmp_path, env=subprocess_env(), timeout=180
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     run_dir = _run_dir(tmp_path)
