@@ -72,6 +72,8 @@ FORMAT_VERSION = 1
 #: The file in a run directory that :class:`RunLock` holds an exclusive ``flock`` on.
 #: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
 ARCHIVE_DIR = "archive"
+#: The journal of an archive move in progress (see :meth:`CheckpointManager.archive`).
+ARCHIVE_JOURNAL = ".archive.json"
 #: Stem of the best checkpoint's files.
 BEST = "best_model"
 MODES = ("max", "min")
@@ -212,17 +214,42 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.EACCES):
             raise
-        try:
-            shutil.copyfile(source, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
+        copy_file_atomic(source, target)
+        return
     _replace_from(tmp, target)
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    """Atomically replace ``target`` with a fsynced copy of ``source`` (a file of its own)."""
+    tmp = _tmp_path(target)
+    try:
+        shutil.copyfile(source, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _replace_from(tmp, target)
+
+
+def _rename_aside(path: Path) -> str | None:
+    """Rename ``path`` to ``<name>.corrupt[.K]``; the new name, or None when nothing moved."""
+    if not os.path.lexists(path):
+        return None
+    target = path.with_name(path.name + ".corrupt")
+    n = 0
+    while os.path.lexists(target):
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt.{n}")
+    try:
+        os.rename(path, target)
+    except OSError as exc:
+        log.warning("%s: cannot set aside (%s)", path, _reason(exc))
+        return None
+    return target.name
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -568,6 +595,7 @@ class CheckpointManager:
         value = self._metric_of(metadata)
         model_bytes, training_bytes = _serialise_pair(state, training_state)
         with self._mutex:
+            self._finish_archive()
             pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
             improved = False
             if self.save_best and not math.isnan(value):
@@ -633,6 +661,7 @@ class CheckpointManager:
             return None
         model_bytes, training_bytes = _serialise_pair(state, training_state)
         with self._mutex:
+            self._finish_archive()
             self._loaded = None
             meta = self._metadata(episode, metadata, value, is_best=True)
             best_pt, best_train, best_json = _files(self.models_dir, BEST)
@@ -847,6 +876,8 @@ class CheckpointManager:
         """
         with self._mutex:
             writable = self._writable()
+            if writable:
+                self._finish_archive()
             listing = self._scan()
             if writable:
                 self._clean_unfinished(listing)
@@ -874,6 +905,8 @@ class CheckpointManager:
         """
         with self._mutex:
             writable = self._writable()
+            if writable:
+                self._finish_archive()
             present = self._scan().best()
             if "json" in present:
                 info = self._verified(BEST, None, writable)
@@ -944,21 +977,13 @@ class CheckpointManager:
 
     def _set_aside(self, stem: str, bad: _VerifyError) -> None:
         """Rename every file of checkpoint ``stem`` to ``<name>.corrupt[.K]`` (never deletes)."""
-        moved: list[str] = []
-        for path in _files(self.models_dir, stem):
-            if not os.path.lexists(path):
-                continue
-            target = path.with_name(path.name + ".corrupt")
-            n = 0
-            while os.path.lexists(target):
-                n += 1
-                target = path.with_name(f"{path.name}.corrupt.{n}")
-            try:
-                os.rename(path, target)
-                moved.append(target.name)
-            except OSError as exc:
-                log.warning("%s: cannot set aside (%s)", path, _reason(exc))
-        log.warning("%s: %s; set aside as %s", bad.path, bad.reason, ", ".join(moved) or "nothing")
+        moved = [_rename_aside(path) for path in _files(self.models_dir, stem)]
+        shown = ", ".join(name for name in moved if name) or "nothing"
+        log.warning("%s: %s; set aside as %s", bad.path, bad.reason, shown)
+
+    def _set_aside_file(self, path: Path, reason: str) -> None:
+        """Rename one file to ``<name>.corrupt[.K]`` with a warning (never deletes)."""
+        log.warning("%s: %s; set aside as %s", path, reason, _rename_aside(path) or "nothing")
 
     def _rebuild_best(self, writable: bool) -> CheckpointInfo | None:
         """Make the best valid episodic checkpoint on disk the best model; return it (or None).
@@ -1165,49 +1190,119 @@ class CheckpointManager:
         return state, training if with_training_state else None, meta or {}
 
     # -- history -----------------------------------------------------------------------------
-    def archive(self, after: int | None = None) -> Path | None:
+    def archive(
+        self,
+        after: int | None = None,
+        *,
+        move: tuple[Path, ...] = (),
+        copy: tuple[Path, ...] = (),
+    ) -> Path | None:
         """Move files of ``models/`` into ``models/archive/<UTC YYYYmmdd-HHMMSS[-n]>/``.
 
         Nothing is deleted. With ``after=None`` (a fresh start) every file moves. With
         ``after=N`` (training goes back to episode N) only what belongs to the abandoned
         future moves: the files of episodes after N, and ``best_model.*`` when its episode is
-        after N (the next save rebuilds the best from the checkpoints that stay).
+        after N (the next save rebuilds the best from the checkpoints that stay). ``move`` and
+        ``copy`` name files outside ``models/`` (``metrics.csv``) that go with the history.
+
+        Crash-safe: the whole move is first written to a journal (``models/.archive.json``);
+        every later look at the store finishes a journaled move before anything else, so a kill
+        at any instant leaves the history whole, in one archive folder.
 
         Returns:
             The archive folder, or None when there was nothing to move.
 
         Raises:
-            CheckpointError: a file could not be moved (the ones already moved stay archived).
+            CheckpointError: a file could not be moved (the journal finishes the move later).
         """
         with self._mutex:
             self._loaded = None
+            self._finish_archive()
             root = self.models_dir / ARCHIVE_DIR
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             try:
-                names = sorted(n for n in os.listdir(self.models_dir) if n != ARCHIVE_DIR)
+                names = [
+                    n
+                    for n in os.listdir(self.models_dir)
+                    if n != ARCHIVE_DIR and n != ARCHIVE_JOURNAL and not _TMP.match(n)
+                ]
                 if after is not None:
                     names = self._after(names, after)
-                if not names:
+                if not names and not any(os.path.lexists(p) for p in move):
                     return None
-                root.mkdir(exist_ok=True)
-                for n in itertools.count():
-                    target = root / (stamp if n == 0 else f"{stamp}-{n}")
-                    try:
-                        target.mkdir()
-                        break
-                    except FileExistsError:
-                        continue
-                for name in names:
-                    os.rename(self.models_dir / name, target / name)
-                _fsync_dir(target)
-                _fsync_dir(self.models_dir)
+                # Made by _finish_archive: a kill before the journal leaves no empty folder.
+                target = next(
+                    folder
+                    for n in itertools.count()
+                    if not os.path.lexists(folder := root / (stamp if n == 0 else f"{stamp}-{n}"))
+                )
+                # A checkpoint stops counting (its JSON goes) before its files move; the best
+                # model goes last, so a reader never takes a half-moved history for a best.
+                names.sort(key=lambda n: (n.startswith(f"{BEST}."), not n.endswith(".json"), n))
+                entries = [["move", name, name] for name in names]
+                entries += [["move", os.path.relpath(p, self.models_dir), p.name] for p in move]
+                entries += [["copy", os.path.relpath(p, self.models_dir), p.name] for p in copy]
+                entries = [e for e in entries if os.path.lexists(self.models_dir / e[1])]
+                write_json_atomic(
+                    self.models_dir / ARCHIVE_JOURNAL,
+                    {"target": target.relative_to(self.models_dir).as_posix(), "files": entries},
+                )
             except OSError as exc:
                 raise CheckpointError(
                     f"{exc.filename or self.models_dir}: cannot archive the old checkpoints "
-                    f"({_reason(exc)})"
+                    f"({_reason(exc)}); nothing was moved"
                 ) from exc
-            log.info("archived %d files of %s to %s", len(names), self.models_dir, target)
+            self._finish_archive(quiet=True)
+            log.info("archived %d files of %s to %s", len(entries), self.models_dir, target)
             return target
+
+    def _finish_archive(self, *, quiet: bool = False) -> None:
+        """Carry out the move that ``models/.archive.json`` journals, then remove the journal.
+
+        Idempotent: a file already moved is skipped, a copy is made again. A journal that cannot
+        be read is set aside (never acted on blindly).
+        """
+        journal = self.models_dir / ARCHIVE_JOURNAL
+        try:
+            plan = read_json(journal)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self._set_aside_file(journal, f"unreadable archive journal ({_one_line(exc)})")
+            return
+        target = self.models_dir / str(plan.get("target", ""))
+        entries = plan.get("files")
+        if (
+            not isinstance(entries, list)
+            or target.parent != self.models_dir / ARCHIVE_DIR
+            or not all(isinstance(e, list) and len(e) == 3 for e in entries)
+        ):
+            self._set_aside_file(journal, "archive journal of an unknown shape")
+            return
+        moved = 0
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for op, source, name in entries:
+                src, dst = self.models_dir / source, target / Path(name).name
+                if op == "move" and os.path.lexists(src) and not os.path.lexists(dst):
+                    os.rename(src, dst)
+                    moved += 1
+                elif op == "copy" and os.path.lexists(src):
+                    copy_file_atomic(src, dst)
+            _fsync_dir(target)
+            _fsync_dir(self.models_dir)
+            _fsync_dir(self.models_dir.parent)
+            os.unlink(journal)
+            _fsync_dir(self.models_dir)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{exc.filename or self.models_dir}: cannot finish archiving the old history to "
+                f"{target} ({_reason(exc)}); fix the cause and run again (nothing is lost)"
+            ) from exc
+        if not quiet:
+            log.warning(
+                "an archive cut short was completed: %d more files moved to %s", moved, target
+            )
 
     def _after(self, names: list[str], episode: int) -> list[str]:
         """The files among ``names`` that belong to episodes after ``episode``."""

@@ -16,7 +16,6 @@ import csv
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -328,11 +327,8 @@ class Trainer:
     def find_checkpoint(self, resume: str) -> CheckpointInfo | Path | None:
         """The checkpoint ``resume`` (auto | never | PATH) names; ``never`` archives the history."""
         if resume == "never":
-            archived = self.manager.archive()
+            archived = self.manager.archive(move=(self.metrics_log.path,))
             if archived is not None:
-                metrics = self.run_dir / "metrics.csv"
-                if metrics.exists():
-                    os.replace(metrics, archived / "metrics.csv")
                 log.warning("resume=never: previous history moved to %s", self._rel(archived))
             return None
         if resume == "auto":
@@ -350,12 +346,11 @@ class Trainer:
         """
         models = self.manager.models_dir.resolve()
         ours = checkpoint.resolve().parent == models
-        archived = self.manager.archive(after=start if ours else None)
+        archived = self.manager.archive(
+            after=start if ours else None, copy=(self.metrics_log.path,)
+        )
         if archived is None:
             return
-        metrics = self.run_dir / "metrics.csv"
-        if metrics.exists():
-            shutil.copy2(metrics, archived / "metrics.csv")
         what = f"checkpoints after episode {start}" if ours else "this run's previous history"
         log.warning("resume=%s: %s moved to %s", self._rel(checkpoint), what, self._rel(archived))
 

@@ -1,0 +1,151 @@
+"""Faults injected into real trainer processes: kills at a chosen system call (``strace -e
+inject=``), and the data that must survive them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import subprocess_env, train_argv
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace"),
+]
+
+_RENAME = re.compile(r'rename\("([^"]+)", "([^"]+)"\)')
+
+
+def _run(
+    cwd: Path, run_dir: Path, *args: str, strace: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m finsense.train`` on ``run_dir``, under ``strace`` with ``strace`` options."""
+    argv = train_argv(f"hydra.run.dir={run_dir}", *args)
+    if strace is not None:
+        argv = ["strace", "-f", "-qq", *strace, "--", *argv]
+    return subprocess.run(
+        argv, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by path relative to it (temporary files aside: the
+    next scan removes those)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".tmp-" not in p.name
+    }
+
+
+def _renames(cwd: Path, run_dir: Path, *args: str) -> list[tuple[str, str]]:
+    """Every rename(2) the trainer makes with these arguments, in order (a calibration run)."""
+    trace = cwd / "renames.trace"
+    proc = _run(cwd, run_dir, *args, strace=["-e", "trace=rename", "-o", str(trace)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _RENAME.findall(trace.read_text())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run with checkpoints at episodes 2, 4, 6 and a best model (the template to copy)."""
+    root = tmp_path_factory.mktemp("template")
+    proc = _run(root, root / "run", "episodes=6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "run"
+
+
+def _kill_points(renames: list[tuple[str, str]]) -> dict[str, int]:
+    """1-based rename numbers (strace's ``when=``) at which to kill an archiving run: the journal,
+    the first move, one in the middle, the best model's JSON, the last move."""
+    moves = [i for i, (_, dst) in enumerate(renames, 1) if "/archive/" in dst]
+    journal = [i for i, (_, dst) in enumerate(renames, 1) if dst.endswith("/.archive.json")]
+    best_json = [i for i in moves if renames[i - 1][1].endswith("/best_model.json")]
+    assert len(moves) >= 10 and journal and best_json, renames
+    return {
+        "journal": journal[0],
+        "first move": moves[0],
+        "middle move": moves[len(moves) // 2],
+        "best JSON": best_json[0],
+        "last move": moves[-1],
+    }
+
+
+@pytest.mark.parametrize("then", ["auto", "never"])
+def test_kill_while_archiving_for_resume_never_loses_nothing(
+    tmp_path: Path, trained: Path, then: str
+) -> None:
+    original = {
+        **_digests(trained / "models"),
+        "metrics.csv": _digests(trained)["metrics.csv"],
+    }
+    calibration = tmp_path / "calibration"
+    shutil.copytree(trained, calibration)
+    points = _kill_points(_renames(tmp_path, calibration, "episodes=6", "resume=never"))
+    for where, when in points.items():
+        run_dir = tmp_path / where.replace(" ", "-")
+        shutil.copytree(trained, run_dir)
+        killed = _run(
+            tmp_path,
+            run_dir,
+            "episodes=6",
+            "resume=never",
+            strace=["-e", f"inject=rename:signal=SIGKILL:when={when}", "-o", "/dev/null"],
+        )
+        assert killed.returncode != 0, f"{where}: not killed"
+
+        if where == "journal":  # killed before the journal exists: nothing has changed
+            assert not (run_dir / "models" / "archive").exists()
+            assert _digests(run_dir / "models") == {
+                k: v for k, v in original.items() if k != "metrics.csv"
+            }
+        again = _run(tmp_path, run_dir, "episodes=6", f"resume={then}")
+        assert again.returncode == 0, where + again.stdout + again.stderr
+        assert "Traceback" not in again.stdout + again.stderr
+        if where == "journal" and then == "auto":
+            assert "Training already complete!" in again.stdout
+            continue
+        # The old history is whole, byte for byte, in exactly one archive folder.
+        archives = sorted((run_dir / "models" / "archive").iterdir())
+        assert len(archives) == 1, f"{where}: {archives}"
+        assert _digests(archives[0]) == original, where
+        # And the new history starts afresh, as resume=never asked.
+        assert "Starting training: 6 episodes" in again.stdout, where + again.stdout
+        assert (run_dir / "models" / "model_ep6.json").exists()
+
+
+def test_kill_while_archiving_for_resume_path_loses_nothing(tmp_path: Path, trained: Path) -> None:
+    later = {
+        name: digest
+        for name, digest in _digests(trained / "models").items()
+        if name.startswith(("model_ep4.", "model_ep6."))
+    }
+    args = ("episodes=6", "resume=models/model_ep2.pt")
+    calibration = tmp_path / "calibration"
+    shutil.copytree(trained, calibration)
+    renames = _renames(tmp_path, calibration, *args)
+    moves = [i for i, (_, dst) in enumerate(renames, 1) if "/archive/" in dst]
+    assert len(moves) >= 6, renames
+    for when in (moves[0], moves[3]):
+        run_dir = tmp_path / f"kill-{when}"
+        shutil.copytree(trained, run_dir)
+        killed = _run(
+            tmp_path,
+            run_dir,
+            *args,
+            strace=["-e", f"inject=rename:signal=SIGKILL:when={when}", "-o", "/dev/null"],
+        )
+        assert killed.returncode != 0
+        again = _run(tmp_path, run_dir, *args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        # The abandoned future (episodes 4 and 6) is whole in one archive folder.
+        (archive,) = (run_dir / "models" / "archive").iterdir()
+        kept = _digests(archive)
+        assert {k: v for k, v in kept.items() if k in later} == later
+        assert "Resuming from episode 2" in again.stdout
+        assert "Resuming training from episode 3/6" in again.stdout
