@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from finsense.lockfile import lock_held
 from tests.e2e.helpers import (
     TINY,
     load_checkpoint_tensors,
@@ -176,3 +179,87 @@ def test_optuna_sweeper_runs_resumable_trials_and_reports_the_best(tmp_path: Pat
     assert again.returncode == 0
     assert again.stdout.count("Training already complete!") == 4
     assert _job_dirs(tmp_path, "search") == jobs
+
+
+def _processes_left_by(launcher_pid: int, tmp_path: Path) -> list[int]:
+    """Live processes of a killed sweep: marked with its launcher's pid, or working in tmp_path."""
+    mark = f"FINSENSE_LAUNCHER_PID={launcher_pid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except (OSError, IndexError):
+            continue  # gone, or not ours to read
+        if state in ("Z", "X"):
+            continue  # exited; waiting for a reaper
+        if mark in environ or Path(cwd).is_relative_to(tmp_path):
+            found.append(int(entry.name))
+    return found
+
+
+def _last_episode(job_dir: Path) -> int:
+    with (job_dir / "metrics.csv").open(newline="") as f:
+        return int(list(csv.DictReader(f))[-1]["episode"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers in /proc")
+def test_killed_joblib_launcher_takes_its_orphaned_workers_down(tmp_path: Path) -> None:
+    args = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]
+    env = subprocess_env()
+    env.pop("FINSENSE_LAUNCHER_PID", None)
+    root = tmp_path / "multirun" / "sweep"
+    # Workers keep writing after the launcher is gone: a file, not a pipe nobody reads.
+    with (tmp_path / "sweep.out").open("w") as out:
+        proc = subprocess.Popen(
+            train_argv(*args, "episodes=100000", multirun=True),
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def both_training() -> bool:
+        found = list(root.glob("*/metrics.csv"))
+        return len(found) == 2 and all(len(p.read_text().splitlines()) > 3 for p in found)
+
+    try:
+        wait_for(lambda: proc.poll() is not None or both_training(), timeout=180)
+        assert proc.poll() is None, f"the sweep exited early with code {proc.returncode}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    killed_at = time.monotonic()
+    left = _processes_left_by(proc.pid, tmp_path)
+    while left and time.monotonic() - killed_at < 60:
+        time.sleep(0.2)
+        left = _processes_left_by(proc.pid, tmp_path)
+    for pid in left:  # never leave them training after the test
+        os.kill(pid, signal.SIGKILL)
+    output = (tmp_path / "sweep.out").read_text()
+    assert not left, f"processes still running 60 s after the launcher was killed: {left}"
+
+    lasts = []
+    for job in ("seed=0", "seed=1"):
+        job_dir = _job_dir(tmp_path, job)
+        assert not lock_held(job_dir), f"{job}: run lock still held"
+        last = _last_episode(job_dir)
+        lasts.append(last)
+        assert 3 < last < 100000
+        assert (job_dir / "models" / f"model_ep{last}.json").exists()
+        log = (job_dir / "logs" / "finsense.log").read_text()
+        assert f"launcher (pid {proc.pid}) is gone" in log
+        assert f"Stopped by SIGTERM after episode {last}; checkpoint saved" in log
+    assert output.count(f"launcher (pid {proc.pid}) is gone") == 2
+
+    target = max(lasts) + 2
+    rerun = _sweep(tmp_path, *args, f"episodes={target}")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (rerun.stdout + rerun.stderr).count("Auto-resuming from episode") == 2
+    for job in ("seed=0", "seed=1"):
+        assert _last_episode(_job_dir(tmp_path, job)) == target
+        assert (_job_dir(tmp_path, job) / "models" / f"model_ep{target}.json").exists()
