@@ -7,11 +7,13 @@ The YAML files in ``conf/`` hold the values; these dataclasses hold the schema, 
 
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from finsense.errors import ConfigError
 
@@ -149,8 +151,53 @@ def metric_names(cfg: DictConfig | FinSenseConfig) -> tuple[str, ...]:
     return names
 
 
+#: Top-level keys Hydra itself may put in a composed config (``compose(return_hydra_config=True)``).
+_HYDRA_KEYS: frozenset[str] = frozenset({"hydra"})
+
+
+def _unknown_key(key: str, group: str, known: list[str]) -> ConfigError:
+    """The error for a key the schema does not have, with the closest known key as the fix."""
+    full = f"{group}.{key}" if group else key
+    where = f"a key of {group}" if group else "a config key"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        fix = f"{group}.{close[0]}" if group else close[0]
+        return ConfigError(f"{full} is not {where} (did you mean {fix}?)")
+    return ConfigError(f"{full} is not {where}; remove it (the keys are: {', '.join(known)})")
+
+
+def _check_keys(node: DictConfig, schema: type, group: str = "") -> None:
+    """Refuse keys the schema does not have, at every level, and values that cannot be read.
+
+    Hydra's structured config rejects ``foo=1`` at composition, but ``+foo=1`` and ``++foo=1``
+    add keys with ``force_add``, which bypasses the struct flag and the dataclass schema by
+    design; so the composed config is checked against the dataclasses here, before any work.
+    """
+    hints = get_type_hints(schema)
+    known = [f.name for f in fields(schema)]
+    for raw_key in node:
+        key = str(raw_key)
+        full = f"{group}.{key}" if group else key
+        if key not in hints:
+            if not group and key in _HYDRA_KEYS:
+                continue
+            raise _unknown_key(key, group, known)
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(f"{full} has no value (???); set it: {full}=...")
+        try:
+            value = node[key]
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"{full} cannot be read: {reason}") from None
+        sub = hints[key]
+        if is_dataclass(sub) and isinstance(sub, type) and isinstance(value, DictConfig):
+            _check_keys(value, sub, full)
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check ranges and cross-key rules of a composed config; raise ConfigError naming the key."""
+    """Check keys, ranges and cross-key rules of a composed config; raise ConfigError naming the
+    key."""
+    _check_keys(cfg, FinSenseConfig)
     _require(cfg.episodes >= 1, "episodes", "must be >= 1", cfg.episodes)
     _require(
         cfg.resume is not None and str(cfg.resume) != "",
@@ -198,6 +245,13 @@ def validate(cfg: DictConfig) -> None:
     )
     _require(ag.buffer_size >= 1, "agent.buffer_size", "must be >= 1", ag.buffer_size)
     _require(ag.batch_size >= 1, "agent.batch_size", "must be >= 1", ag.batch_size)
+    if ag.batch_size > ag.buffer_size:
+        # Sampling is with replacement, so it would run, but every batch would repeat transitions
+        # many times over and cost memory and time out of all proportion (issue 10).
+        raise ConfigError(
+            f"agent.batch_size={ag.batch_size} must be <= agent.buffer_size={ag.buffer_size}; "
+            "lower agent.batch_size or raise agent.buffer_size"
+        )
     _require(ag.learning_starts >= 0, "agent.learning_starts", "must be >= 0", ag.learning_starts)
     _require(0.0 <= ag.gamma <= 1.0, "agent.gamma", "must be in [0, 1]", ag.gamma)
     _require(ag.train_freq >= 1, "agent.train_freq", "must be >= 1", ag.train_freq)

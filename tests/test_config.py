@@ -140,3 +140,73 @@ def test_agent_schema_is_dqn_config_so_every_agent_key_can_be_overridden() -> No
     cfg = _compose("agent.reward_scale=7", "agent.hidden_sizes=[16,8]")
     assert set(cfg.agent) == {"name"} | {f.name for f in fields(DQNConfig)}
     assert cfg.agent.reward_scale == 7.0 and list(cfg.agent.hidden_sizes) == [16, 8]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+agent.learing_rate=0.5", "agent.learing_rate is not a key of agent"),
+        ("++agent.learing_rate=0.5", "did you mean agent.learning_rate?"),
+        ("+foo=1", "foo is not a config key; remove it (the keys are: agent, env, "),
+        ("+seeed=1", "seeed is not a config key (did you mean seed?)"),
+        ("+env.windowsize=5", "env.windowsize is not a key of env (did you mean env.window_size?)"),
+        ("+env.data.sorce=file", "did you mean env.data.source?"),
+        ("+checkpoints.max_kept=3", "did you mean checkpoints.max_keep?"),
+        ("+agent.zzz=1", "agent.zzz is not a key of agent; remove it (the keys are: name, "),
+    ],
+)
+def test_keys_added_with_plus_are_checked_against_the_schema(override: str, message: str) -> None:
+    # Hydra's '+'/'++' force-add bypasses the struct flag and the dataclass schema by design.
+    cfg = _compose(override)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_suggestion_uses_the_closest_name() -> None:
+    with pytest.raises(ConfigError, match=r"\(did you mean agent\.learning_rate\?\)$"):
+        validate(_compose("+agent.learing_rate=0.5"))
+
+
+def test_hydra_key_is_allowed_in_a_composed_config() -> None:
+    with initialize_config_module(config_module="finsense.conf", version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    assert "hydra" in cfg
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "hydra/launcher=local",
+        "hydra/launcher=parallel",
+        "hydra/launcher=slurm",
+        "hydra/sweeper=search",
+    ],
+)
+def test_hydra_presets_still_validate(preset: str) -> None:
+    with initialize_config_module(config_module="finsense.conf", version_base="1.3"):
+        try:
+            cfg = compose(config_name="config", overrides=[preset], return_hydra_config=True)
+        except Exception as err:  # the launcher and sweeper plugins are optional extras
+            pytest.skip(f"{preset} needs its plugin: {err}")
+    validate(cfg)
+
+
+def test_batch_size_must_fit_the_buffer() -> None:
+    with pytest.raises(
+        ConfigError, match=r"agent\.batch_size=128 must be <= agent\.buffer_size=100"
+    ):
+        validate(_compose("agent.batch_size=128", "agent.buffer_size=100"))
+    validate(_compose("agent.batch_size=100", "agent.buffer_size=100"))
+
+
+def test_learning_starts_below_batch_size_is_allowed() -> None:
+    # Sampling is with replacement from whatever is stored, so learning may start at once.
+    validate(_compose("agent.learning_starts=0", "agent.batch_size=64"))
+
+
+def test_missing_value_is_a_config_error_not_a_traceback() -> None:
+    with pytest.raises(ConfigError, match=r"agent\.gamma has no value"):
+        validate(_compose("agent.gamma=???"))
