@@ -278,6 +278,18 @@ def _json_bytes(data: Mapping[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (see :func:`write_json_atomic`).
+
+    Raises:
+        OSError: the file cannot be written (the temporary file is removed; ``path`` is unchanged).
+    """
+    path = Path(path)
+    tmp, _ = _write_tmp(path, data)
+    _replace_from(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as strict JSON to ``path`` atomically and durably.
 
@@ -289,10 +301,7 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
         OSError: the file cannot be written (the temporary file is removed; ``path`` is unchanged).
         TypeError: ``data`` holds a value JSON cannot represent.
     """
-    path = Path(path)
-    tmp, _ = _write_tmp(path, _json_bytes(data))
-    _replace_from(tmp, path)
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, _json_bytes(data))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -889,6 +898,29 @@ class CheckpointManager:
                     return info
             return None
 
+    def check_format(self) -> None:
+        """Refuse a ``models/`` directory holding checkpoints of a newer FinSense.
+
+        Their ``format_version`` is above :data:`FORMAT_VERSION`: this version cannot read them
+        and must never overwrite them (a save of the same episode, a rotation or a rebuilt best
+        would). Reads only the JSON files; changes nothing.
+
+        Raises:
+            CheckpointError: one names the first such file and what to do.
+        """
+        names = sorted(n for n in self._scan().names if n.endswith(".json") and n[0] != ".")
+        for name in names:
+            try:
+                version = read_json(self.models_dir / name).get("format_version")
+            except (OSError, ValueError):
+                continue  # damage is for latest()/best() to deal with
+            if type(version) is int and version > FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{self.models_dir / name}: written by a newer FinSense (format_version "
+                    f"{version} > {FORMAT_VERSION}); upgrade FinSense to continue this run, "
+                    "or train in another run directory (name=NEW)"
+                )
+
     def all_episodes(self) -> list[int]:
         """Episodes of the episodic checkpoints on disk (model file and JSON present), ascending.
 
@@ -1338,6 +1370,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
         self._key: Path | None = None
+        self._recorded = False
 
     @property
     def held(self) -> bool:
@@ -1373,14 +1406,23 @@ class RunLock:
         except OSError as exc:
             os.close(fd)
             raise CheckpointError(f"{self.path}: cannot lock ({_reason(exc)})") from exc
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as exc:
-            log.debug("%s: cannot record the pid (%s)", self.path, _reason(exc))
         self._fd = fd
         self._key = self.run_dir.resolve()
         _held_locks.add(self._key)
+
+    def record_pid(self) -> None:
+        """Write this process's pid into the lock file, for the message a second process gets.
+
+        Called once the command is known to run: a refused command leaves the file untouched.
+        """
+        if self._fd is None:
+            raise RuntimeError(f"{self.path}: record_pid() needs the lock held")
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+            self._recorded = True
+        except OSError as exc:
+            log.debug("%s: cannot record the pid (%s)", self.path, _reason(exc))
 
     def release(self) -> None:
         """Give the lock back (nothing happens if it is not held)."""
@@ -1390,7 +1432,9 @@ class RunLock:
         if self._key is not None:
             _held_locks.discard(self._key)
         try:
-            os.ftruncate(fd, 0)
+            if self._recorded:
+                os.ftruncate(fd, 0)
+                self._recorded = False
             fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as exc:
             log.debug("%s: %s while releasing", self.path, _reason(exc))

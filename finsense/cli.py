@@ -13,7 +13,7 @@ from typing import ParamSpec
 P = ParamSpec("P")
 
 
-def _point_at_devnull(fd: int) -> None:
+def point_at_devnull(fd: int) -> None:
     """Make ``fd`` write to /dev/null (its reader has gone away)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
@@ -34,7 +34,7 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
             sys.stdout.flush()
             return code
         except BrokenPipeError:
-            _point_at_devnull(sys.stdout.fileno())
+            point_at_devnull(sys.stdout.fileno())
             return 128 + signal.SIGPIPE
 
     return wrapper
@@ -51,7 +51,7 @@ class ConsoleHandler(logging.StreamHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         if isinstance(sys.exc_info()[1], BrokenPipeError):
             try:
-                _point_at_devnull(self.stream.fileno())
+                point_at_devnull(self.stream.fileno())
             except (OSError, ValueError, AttributeError):
                 self.stream = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the handler)
             return

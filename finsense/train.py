@@ -13,8 +13,10 @@ as aliases of ``resume=auto``, ``resume=PATH`` and ``episodes=N``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import logging.handlers
 import math
 import os
 import signal
@@ -119,13 +121,66 @@ def _format_console() -> None:
             handler.setFormatter(_ConsoleFormatter("%(message)s"))
 
 
-def _setup_logging(run_dir: Path) -> logging.Handler:
-    root = logging.getLogger()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(run_dir / "logs" / "finsense.log", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(file_handler)
-    return file_handler
+class _RunRecord:
+    """What a run writes about itself, held back until the command is known to run.
+
+    A refused command (a bad value, a run in use, a changed network shape) or a finished run's
+    "already complete" must leave the run directory as it was. Until :meth:`start`, log records
+    are kept in memory (and still shown on the console); :meth:`start` writes Hydra's record
+    (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``, which Hydra itself is told not
+    to write: ``hydra.output_subdir: null``), opens ``logs/finsense.log`` with the held records
+    first, and records this process's pid in the run lock.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, lock: Any) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.lock = lock
+        self._held = logging.handlers.BufferingHandler(capacity=1 << 30)
+        self._file: logging.Handler | None = None
+        logging.getLogger().addHandler(self._held)
+
+    def start(self) -> None:
+        """The command runs: write the record and the held log lines."""
+        from finsense.checkpoint import write_bytes_atomic
+        from finsense.errors import CheckpointError
+
+        root = logging.getLogger()
+        try:
+            record = self.run_dir / ".hydra"
+            record.mkdir(exist_ok=True)
+            hydra_cfg = HydraConfig.get()
+            for name, node in (
+                ("config.yaml", self.cfg),
+                ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                ("overrides.yaml", hydra_cfg.overrides.task),
+            ):
+                write_bytes_atomic(record / name, OmegaConf.to_yaml(node).encode("utf-8"))
+            (self.run_dir / "logs").mkdir(exist_ok=True)
+            path = self.run_dir / "logs" / "finsense.log"
+            self._file = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            raise CheckpointError(
+                f"{exc.filename or self.run_dir}: cannot write to the run directory "
+                f"({exc.strerror or exc}); check its permissions and free space"
+            ) from None
+        self._file.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        for held in self._held.buffer:
+            self._file.handle(held)
+        root.removeHandler(self._held)
+        self._held.close()
+        root.addHandler(self._file)
+        self.lock.record_pid()
+
+    def close(self) -> None:
+        """Detach the handlers (held records of a command that never ran are dropped)."""
+        root = logging.getLogger()
+        for handler in (self._held, self._file):
+            if handler is not None:
+                root.removeHandler(handler)
+                handler.close()
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -166,7 +221,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         progress=cfg.progress,
     )
 
-    with RunLock(run_dir):
+    with RunLock(run_dir) as lock:
         manager = CheckpointManager(
             run_dir / "models",
             max_keep=cfg.checkpoints.max_keep,
@@ -176,14 +231,22 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             map_location=str(device),
         )
         hook = _EpisodeHook(cfg, plain["env"], agent, run_dir)
-        trainer = Trainer(env, agent, manager, run_dir, settings, config=plain, on_episode=hook)
-        file_handler = _setup_logging(run_dir)
+        record = _RunRecord(cfg, run_dir, lock)
+        trainer = Trainer(
+            env,
+            agent,
+            manager,
+            run_dir,
+            settings,
+            config=plain,
+            on_episode=hook,
+            on_start=record.start,
+        )
         try:
             result = trainer.run(resume=str(cfg.resume))
         finally:
             hook.close()
-            logging.getLogger().removeHandler(file_handler)
-            file_handler.close()
+            record.close()
 
     if result.interrupted_by is not None:
         where = _relative(result.last_checkpoint, run_dir)
@@ -290,6 +353,9 @@ def _print_summary(result: Any, run_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     """The Hydra task: one run (or one sweep job). Returns the best metric value (for sweepers)."""
+    from finsense.parent_watch import watch_launcher
+
+    watch_launcher()  # a sweep worker whose launcher dies stops gracefully and exits
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -301,34 +367,26 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun:
             # One bad job must not take the rest of the sweep down; its error is in its log.
             return math.nan
-        _remove_if_only_hydra_record(run_dir)
+        _remove_if_empty(run_dir)
         sys.exit(err.exit_code)
     except _InterruptedError as stop:
         sys.exit(stop.exit_code)
 
 
-_HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
-
-
-def _remove_if_only_hydra_record(run_dir: Path) -> None:
-    """Undo the run directory Hydra made for a command refused before any work (a typo in a
-    value, a bad data file), so mistakes leave no empty runs behind. Only a directory holding
-    nothing but Hydra's three record files goes; anything else keeps it."""
-    record = run_dir / ".hydra"
-    try:
-        if os.listdir(run_dir) != [".hydra"] or not set(os.listdir(record)) <= _HYDRA_RECORD:
-            return
-        for name in os.listdir(record):
-            os.remove(record / name)
-        os.rmdir(record)
+def _remove_if_empty(run_dir: Path) -> None:
+    """Undo the empty run directory Hydra made for a command refused before any work (a typo in
+    a value, a bad data file), so mistakes leave no empty runs behind; a directory holding
+    anything stays."""
+    with contextlib.suppress(OSError):  # not empty (a run with history), or already gone
         os.rmdir(run_dir)
-    except OSError:
-        pass  # a leftover directory is harmless
 
 
 def main() -> None:
     """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
     sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
+    from finsense.parent_watch import mark_launcher
+
+    mark_launcher()  # sweep workers inherit this pid and end when this process dies
     # Ctrl+C outside the episode loop (while importing, composing, finishing) ends quietly too.
     try:
         hydra_main()

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -129,14 +129,22 @@ def episode_seed(seed: int, episode: int) -> int:
 
 
 class GracefulInterrupt:
-    """Turns SIGINT/SIGTERM (and SIGUSR1, what SLURM sends before a timeout) into a stop request.
+    """Turns SIGINT/SIGTERM/SIGHUP (and SIGUSR1, what SLURM sends before a timeout) into a stop
+    request.
 
     The first signal lets the episode in progress finish and be saved; a second Ctrl+C exits at once
-    (the last checkpoint on disk stays valid: saves are atomic).
+    (the last checkpoint on disk stays valid: saves are atomic). SIGHUP is a dropped connection
+    (SSH without ``nohup``): the terminal is gone, so the console is pointed at /dev/null first
+    (writes to a hung-up terminal fail) and the run's log file says what happened. A SIGHUP that
+    is ignored when training starts (``nohup``) stays ignored.
     """
 
     #: SIGUSR1 is what SLURM sends before a timeout; SIGUSR2 is submitit's preemption signal.
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    SIGNALS = tuple(
+        getattr(signal, name)
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+        if hasattr(signal, name)
+    )
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -162,12 +170,22 @@ class GracefulInterrupt:
             )
             sys.stderr.flush()
             os._exit(130)
+        if self.signum is None and signum == getattr(signal, "SIGHUP", None):
+            from finsense.cli import point_at_devnull
+
+            for stream in (sys.stdout, sys.stderr):
+                with suppress(OSError, ValueError):
+                    stream.flush()
+                point_at_devnull(stream.fileno())
         self.signum = signum
-        sys.stderr.write(
-            f"\n{signal.Signals(signum).name} received: finishing this episode and saving "
-            "(press Ctrl+C again to exit at once)\n"
-        )
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(
+                f"\n{signal.Signals(signum).name} received: finishing this episode and saving "
+                "(press Ctrl+C again to exit at once)\n"
+            )
+            sys.stderr.flush()
+        except OSError:
+            pass  # the console is gone; the log file records the stop
 
     @contextmanager
     def installed(self) -> Iterator[GracefulInterrupt]:
@@ -178,6 +196,8 @@ class GracefulInterrupt:
             yield self
             return
         for sig in self.SIGNALS:
+            if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # nohup: the user asked to outlive the terminal
             self._previous[int(sig)] = signal.signal(sig, self._handle)
         try:
             yield self
@@ -302,6 +322,8 @@ class Trainer:
         settings: episodes, seed and save policy.
         config: the plain run config, recorded with each checkpoint to detect drift on resume.
         on_episode: optional callback ``(episode, row)`` after each episode (loggers, evaluation).
+        on_start: optional callback once the command is known to train (not refused, not already
+            complete), before anything in the run directory changes for it.
     """
 
     def __init__(
@@ -313,6 +335,7 @@ class Trainer:
         settings: TrainSettings,
         config: dict[str, Any] | None = None,
         on_episode: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.env = env
         self.agent = agent
@@ -321,6 +344,7 @@ class Trainer:
         self.settings = settings
         self.config = config or {}
         self.on_episode = on_episode
+        self.on_start = on_start
         self.metrics_log = MetricsLog(self.run_dir / "metrics.csv")
 
     # -- resume -----------------------------------------------------------------------------
@@ -381,6 +405,7 @@ class Trainer:
     def run(self, resume: str = "auto") -> TrainResult:
         """Resume per ``resume`` and train to ``settings.episodes``; save per the save policy."""
         total = self.settings.episodes
+        self.manager.check_format()
         checkpoint = self.find_checkpoint(resume)
         start = 0
         if checkpoint is not None:
@@ -397,6 +422,8 @@ class Trainer:
             )
             result.best = self.manager.best()
             return result
+        if self.on_start is not None:
+            self.on_start()
         if isinstance(checkpoint, Path):
             self._set_aside_other_future(checkpoint, start)
         if start > 0:

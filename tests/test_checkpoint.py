@@ -800,6 +800,9 @@ def test_second_process_is_refused_while_the_lock_is_held(tmp_path: Path) -> Non
     run_dir = tmp_path / "run"
     with RunLock(run_dir) as lock:
         assert lock.held and RunLock.is_locked(run_dir)
+        # The pid is recorded only once the command is known to run (a refusal writes nothing).
+        assert (run_dir / LOCK_FILE).read_text() == ""
+        lock.record_pid()
         assert (run_dir / LOCK_FILE).read_text().strip() == str(os.getpid())
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
             RunLock(run_dir).acquire()
@@ -825,7 +828,9 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
         "from finsense.checkpoint import RunLock\n"
-        "RunLock(sys.argv[1]).acquire()\n"
+        "lock = RunLock(sys.argv[1])\n"
+        "lock.acquire()\n"
+        "lock.record_pid()\n"
         "print('locked', flush=True)\n"
         "time.sleep(600)\n"
     )

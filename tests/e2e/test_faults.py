@@ -3,20 +3,24 @@ inject=``), and the data that must survive them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import pty
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import subprocess_env, train_argv
+from tests.e2e.helpers import subprocess_env, train_argv, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace"),
-]
+pytestmark = pytest.mark.slow
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 
 _RENAME = re.compile(r'rename\("([^"]+)", "([^"]+)"\)')
 
@@ -76,6 +80,7 @@ def _kill_points(renames: list[tuple[str, str]]) -> dict[str, int]:
     }
 
 
+@needs_strace
 @pytest.mark.parametrize("then", ["auto", "never"])
 def test_kill_while_archiving_for_resume_never_loses_nothing(
     tmp_path: Path, trained: Path, then: str
@@ -119,6 +124,7 @@ def test_kill_while_archiving_for_resume_never_loses_nothing(
         assert (run_dir / "models" / "model_ep6.json").exists()
 
 
+@needs_strace
 def test_kill_while_archiving_for_resume_path_loses_nothing(tmp_path: Path, trained: Path) -> None:
     later = {
         name: digest
@@ -149,3 +155,79 @@ def test_kill_while_archiving_for_resume_path_loses_nothing(tmp_path: Path, trai
         assert {k: v for k, v in kept.items() if k in later} == later
         assert "Resuming from episode 2" in again.stdout
         assert "Resuming training from episode 3/6" in again.stdout
+
+
+def _rows(run_dir: Path) -> int:
+    path = run_dir / "metrics.csv"
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def test_sighup_of_a_dropped_terminal_finishes_the_episode_saves_and_exits_129(
+    tmp_path: Path,
+) -> None:
+    """SSH without nohup: the terminal hangs up (SIGHUP, then writes to it fail with EIO)."""
+    run_dir = tmp_path / "run"
+    master, slave = pty.openpty()
+    argv = train_argv(f"hydra.run.dir={run_dir}", "episodes=400", "checkpoints.save_frequency=100")
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=subprocess_env(), stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+    drain.start()
+    try:
+        wait_for(lambda: _rows(run_dir) >= 3)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.05)
+        os.close(master)  # the terminal is gone: every later write to it fails
+        assert proc.wait(timeout=60) == 129
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    last = _rows(run_dir)
+    assert sorted(p.name for p in (run_dir / "models").glob("model_ep*.json")) == [
+        f"model_ep{last}.json"
+    ]
+    log = (run_dir / "logs" / "finsense.log").read_text()
+    assert f"Stopped by SIGHUP after episode {last}; checkpoint saved" in log
+    assert "Traceback" not in log and "Logging error" not in log
+
+    resumed = subprocess.run(
+        train_argv(f"hydra.run.dir={run_dir}", f"episodes={last + 1}"),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Auto-resuming from episode {last}: models/model_ep{last}.pt" in resumed.stdout
+
+
+def test_sighup_is_left_ignored_under_nohup(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = train_argv(f"hydra.run.dir={run_dir}", "episodes=400")
+    proc = subprocess.Popen(
+        ["nohup", *argv],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _rows(run_dir) >= 2)
+        proc.send_signal(signal.SIGHUP)
+        rows = _rows(run_dir)
+        wait_for(lambda: _rows(run_dir) >= rows + 3)  # still training
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _drain(fd: int) -> None:
+    """Read the terminal's output until it closes (a full pty would block the trainer)."""
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
