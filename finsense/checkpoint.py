@@ -43,7 +43,7 @@ import shutil
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,8 @@ __all__ = [
     "CheckpointManager",
     "RunLock",
     "read_json",
+    "metadata_path",
+    "write_bytes_atomic",
     "write_json_atomic",
 ]
 
@@ -82,6 +84,10 @@ _TMP = re.compile(r"^\..+\.tmp-[0-9]+-[0-9a-f]+$")
 _KINDS = ("pt", "train.pt", "json")
 #: Above this size the SHA-256 is computed in a thread while the bytes are written.
 _PARALLEL_HASH_BYTES = 1 << 20
+#: A read that fails while its files change under it (a running trainer saving, rotating or
+#: relinking ``best_model.*``) is tried this many times in all, 10, 20, 40... ms apart.
+_READ_ATTEMPTS = 6
+_READ_BACKOFF_S = 0.01
 
 _tmp_counter = itertools.count()
 #: Run directories (resolved) whose RunLock this process holds.
@@ -380,6 +386,12 @@ def _plainly_loadable(obj: Any) -> bool:
 
 
 # -- file names ------------------------------------------------------------------------------------
+def metadata_path(path: str | Path) -> Path:
+    """The JSON beside a checkpoint file (``model_ep10.json`` for ``model_ep10.pt``)."""
+    path = Path(path)
+    return _files(path.parent, _stem(path))[2]
+
+
 def _stem(path: Path) -> str:
     """``model_ep10`` for ``model_ep10.pt``, ``.train.pt`` or ``.json``."""
     name = path.name
@@ -400,6 +412,15 @@ def _stat_key(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _file_keys(pt: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """The :func:`_stat_key` of a checkpoint's model file, companion and JSON, in that order.
+
+    Every change the store makes to a checkpoint is a rename, a new hard link or an unlink, so
+    it changes at least one key: equal keys before and after a read mean it saw stable files.
+    """
+    return tuple(_stat_key(path) for path in _files(pt.parent, _stem(pt)))
 
 
 @dataclass(frozen=True)
@@ -506,6 +527,8 @@ class _Loaded:
     keys: tuple[tuple[int, int, int] | None, ...]
     state: dict[str, Any]
     training: dict[str, Any] | None
+    #: The metadata the files were verified against (the CheckpointInfo's own dict).
+    metadata: dict[str, Any] | None = None
 
 
 class CheckpointManager:
@@ -831,8 +854,12 @@ class CheckpointManager:
         if meta.get("metric_name") != self.metric_name or meta.get("mode", "max") != self.mode:
             return "other", meta
         value = meta.get("metric_value")
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            return "bad", None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            return "bad", None  # NaN or an infinity (no episode can beat it): rebuilt
         return "ok", meta
 
     def _current_best_value(self) -> float | None:
@@ -846,7 +873,12 @@ class CheckpointManager:
         if status == "ok" and meta is not None:
             return float(meta["metric_value"])
         if status == "bad":
-            self._set_aside(BEST, _VerifyError(self.models_dir / f"{BEST}.json", "unreadable JSON"))
+            self._set_aside(
+                BEST,
+                _VerifyError(
+                    self.models_dir / f"{BEST}.json", "unreadable JSON or no finite metric_value"
+                ),
+            )
         elif status == "other" and meta is not None:
             log.warning(
                 "%s ranks by %s (%s); rebuilding it for %s (%s)",
@@ -874,7 +906,7 @@ class CheckpointManager:
             return False
         return not RunLock.is_locked(run_dir)
 
-    def latest(self) -> CheckpointInfo | None:
+    def latest(self, *, resumable: bool = False) -> CheckpointInfo | None:
         """The newest valid episodic checkpoint, or None.
 
         One directory listing; candidates newest first; the first whose JSON parses, whose files
@@ -882,6 +914,8 @@ class CheckpointManager:
         renamed aside (``*.corrupt``) with a warning naming the file and the reason; temporary
         files and model files without a JSON (unfinished saves) are removed. While another
         process holds the run lock nothing is renamed or removed: invalid ones are skipped.
+        With ``resumable``, a valid checkpoint without a companion (training state) is skipped
+        with a warning and left in place: training cannot continue from it exactly.
         """
         with self._mutex:
             writable = self._writable()
@@ -890,8 +924,15 @@ class CheckpointManager:
             listing = self._scan()
             if writable:
                 self._clean_unfinished(listing)
-            for episode in listing.saved():
+            for episode in self._newest_first(listing):
                 info = self._verified(f"model_ep{episode}", episode, writable)
+                if info is not None and resumable and info.training_path is None:
+                    log.warning(
+                        "%s: records no training state (sha256.training is null), so training "
+                        "cannot resume from it; skipped, left in place",
+                        info.json_path,
+                    )
+                    continue
                 if info is not None:
                     if writable and self.save_best:
                         self._complete_best(info)
@@ -987,25 +1028,71 @@ class CheckpointManager:
             )
             _remove_quietly(self.models_dir / name)
 
+    def _newest_first(self, listing: _Listing) -> Iterator[int]:
+        """The saved episodes of ``listing``, newest first, for :meth:`latest` to try in turn.
+
+        A candidate whose JSON is gone once it has been tried was rotated away or set aside
+        meanwhile (a running trainer saves on): ``models/`` is then listed again and the
+        episodes not tried yet come next, the now-newest first (a few times at most).
+        """
+        tried: set[int] = set()
+        for relisted in range(_READ_ATTEMPTS):
+            for episode in listing.saved():
+                if episode in tried:
+                    continue
+                tried.add(episode)
+                yield episode
+                gone = not os.path.lexists(self.models_dir / f"model_ep{episode}.json")
+                if gone and relisted + 1 < _READ_ATTEMPTS:
+                    break
+            else:
+                return
+            listing = self._scan()
+
     def _verified(
         self, stem: str, episode: int | None, writable: bool, *, set_aside: bool = True
     ) -> CheckpointInfo | None:
-        """Verify checkpoint ``stem`` in full; if invalid, set it aside (when allowed): None."""
-        pt, train, json_path = _files(self.models_dir, stem)
-        keys = (_stat_key(pt), _stat_key(train), _stat_key(json_path))
-        try:
-            meta = self._read_meta(json_path, episode)
-            state, training = self._read_verified(pt, meta, with_training=True)
-        except _VerifyError as bad:
-            if writable and set_aside and bad.set_aside:
-                self._set_aside(stem, bad)
-            else:
-                log.warning("%s: %s; skipped", bad.path, bad.reason)
-            return None
-        found = meta.get("episode")
-        number = found if isinstance(found, int) and not isinstance(found, bool) else -1
-        self._loaded = _Loaded(pt, keys, state, training)
-        return CheckpointInfo(number, pt, meta)
+        """Verify checkpoint ``stem`` in full; if invalid, set it aside (when allowed): None.
+
+        Only a failure on files that stayed the same while they were read is damage. A failure
+        that a concurrent commit explains (a stat key of the three files changed, or the JSON is
+        gone: a running trainer saved the episode again, rotated it away or relinked
+        ``best_model.*``) is never set aside: the files are read again, up to ``_READ_ATTEMPTS``
+        times in all; a checkpoint whose JSON and model file are both gone was rotated away and
+        is skipped at once.
+        """
+        pt, _, json_path = _files(self.models_dir, stem)
+        for attempt in range(_READ_ATTEMPTS):
+            keys = _file_keys(pt)
+            try:
+                meta = self._read_meta(json_path, episode)
+                state, training = self._read_verified(pt, meta, with_training=True)
+            except _VerifyError as bad:
+                now = _file_keys(pt)
+                if now == keys and now[2] is not None:  # stable files: the damage is on disk
+                    if writable and set_aside and bad.set_aside:
+                        self._set_aside(stem, bad)
+                    else:
+                        log.warning("%s: %s; skipped", bad.path, bad.reason)
+                    return None
+                if now[0] is None and now[2] is None:
+                    log.info("%s: removed while being read (rotated away); skipped", pt)
+                    return None
+                if attempt + 1 == _READ_ATTEMPTS:
+                    log.warning(
+                        "%s: %s while another process was rewriting it; skipped, left in place",
+                        bad.path,
+                        bad.reason,
+                    )
+                    return None
+                time.sleep(_READ_BACKOFF_S * 2**attempt)
+                continue
+            found = meta.get("episode")
+            number = found if isinstance(found, int) and not isinstance(found, bool) else -1
+            # The keys from before the read: load() reuses this state only while they hold.
+            self._loaded = _Loaded(pt, keys, state, training, meta)
+            return CheckpointInfo(number, pt, meta)
+        return None  # not reached: the last attempt returns above
 
     def _set_aside(self, stem: str, bad: _VerifyError) -> None:
         """Rename every file of checkpoint ``stem`` to ``<name>.corrupt[.K]`` (never deletes)."""
@@ -1032,7 +1119,7 @@ class CheckpointManager:
                     value = self._metric_of(read_json(self.models_dir / f"model_ep{episode}.json"))
                 except (OSError, ValueError, ConfigError):
                     continue
-                if not math.isnan(value):
+                if math.isfinite(value):
                     candidates.append((value, episode))
         sign = 1.0 if self.mode == "max" else -1.0
         candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
@@ -1184,21 +1271,83 @@ class CheckpointManager:
         there the files are checked against its SHA-256; a file without one is loaded
         unverified (its metadata is then ``{}``). Always ``torch.load(weights_only=True)``.
 
+        The state always matches the metadata returned, even while a running trainer rewrites
+        the files: a :class:`CheckpointInfo` just returned by :meth:`latest` or :meth:`best` of
+        this manager comes with the files that call verified (no second read); otherwise a read
+        that fails while the files change under it is tried again with the new ones (see
+        :meth:`_verified`), and only a failure on files that stayed the same is damage.
+
         Raises:
             CheckpointError: the file is missing, damaged, or needs pickled code to load
-                ("not a FinSense checkpoint or unsafe to load").
+                ("not a FinSense checkpoint or unsafe to load"), or a running trainer removed it
+                or kept rewriting it while it was read ("...; run again").
         """
+        chosen = isinstance(checkpoint, CheckpointInfo)
         if isinstance(checkpoint, CheckpointInfo):
             pt = checkpoint.path
         else:
             path = Path(checkpoint).expanduser()
             named = path.name.endswith((".json", ".train.pt"))
             pt = _files(path.parent, _stem(path))[0] if named else path
-        train, json_path = _files(pt.parent, _stem(pt))[1:]
         with self._mutex:
             cached, self._loaded = self._loaded, None
+        if (
+            isinstance(checkpoint, CheckpointInfo)
+            and cached is not None
+            and cached.path == pt
+            and cached.metadata is checkpoint.metadata
+        ):
+            # The very bytes verified against this metadata: still the checkpoint the caller
+            # chose after the trainer has rotated it away or relinked best_model.* since.
+            training = cached.training if with_training_state else None
+            return cached.state, training, checkpoint.metadata
+        raced = False
+        for attempt in range(_READ_ATTEMPTS):
+            before = _file_keys(pt)
+            try:
+                state, training, meta = self._load_files(
+                    pt, checkpoint, cached, with_training=with_training_state
+                )
+                return state, training if with_training_state else None, meta
+            except _VerifyError as bad:
+                now = _file_keys(pt)
+                if now[0] is None and now[2] is None and (raced or chosen):
+                    raise CheckpointError(
+                        f"{pt}: removed while being loaded (a running trainer keeps only the "
+                        "newest checkpoints.max_keep); run again"
+                    ) from None
+                # A chosen checkpoint whose JSON is gone but whose model file is there is in
+                # the middle of a save or best update: worth another look, as is any change.
+                changed = now != before
+                if changed or (chosen and now[2] is None and now[0] is not None):
+                    raced = raced or changed
+                    if attempt + 1 < _READ_ATTEMPTS:
+                        time.sleep(_READ_BACKOFF_S * 2**attempt)
+                        continue
+                if changed:
+                    raise CheckpointError(
+                        f"{bad.path}: {bad.reason}; it kept changing while being read "
+                        "(is a trainer writing this run?); run again"
+                    ) from None
+                raise CheckpointError(f"{bad.path}: {bad.reason}") from None
+        raise AssertionError("not reached: the last attempt returns or raises")
+
+    def _load_files(
+        self,
+        pt: Path,
+        checkpoint: CheckpointInfo | str | Path,
+        cached: _Loaded | None,
+        *,
+        with_training: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+        """One attempt of :meth:`load`: the JSON, then the files it describes.
+
+        Raises:
+            _VerifyError: a file is missing, unreadable or does not match the JSON.
+        """
+        json_path = _files(pt.parent, _stem(pt))[2]
         if not pt.is_file():
-            raise CheckpointError(f"{pt}: no such checkpoint file")
+            raise _VerifyError(pt, "no such checkpoint file")
         meta: dict[str, Any] | None = None
         try:
             meta = read_json(json_path)
@@ -1208,18 +1357,15 @@ class CheckpointManager:
             else:
                 log.info("%s: no %s beside it; loaded without verification", pt, json_path.name)
         except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{json_path}: unreadable ({_one_line(exc)}); the checkpoint cannot be verified"
-            ) from exc
-        keys = (_stat_key(pt), _stat_key(train), _stat_key(json_path))
-        if cached is not None and cached.path == pt and cached.keys == keys:
+            raise _VerifyError(
+                json_path, f"unreadable ({_one_line(exc)}); the checkpoint cannot be verified"
+            ) from None
+        # Taken after the JSON was read: equal keys mean the cached state is of these files.
+        if cached is not None and cached.path == pt and cached.keys == _file_keys(pt):
             state, training = cached.state, cached.training
         else:
-            try:
-                state, training = self._read_verified(pt, meta, with_training=with_training_state)
-            except _VerifyError as bad:
-                raise CheckpointError(f"{bad.path}: {bad.reason}") from None
-        return state, training if with_training_state else None, meta or {}
+            state, training = self._read_verified(pt, meta, with_training=with_training)
+        return state, training, meta or {}
 
     # -- history -----------------------------------------------------------------------------
     def archive(

@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
+from types import FrameType
 from typing import ParamSpec
 
 P = ParamSpec("P")
@@ -20,6 +22,28 @@ def point_at_devnull(fd: int) -> None:
     os.close(devnull)
 
 
+def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
+    try:
+        sys.stderr.write("\nInterrupted while starting; nothing was changed.\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(128 + signal.SIGINT)
+
+
+def exit_quietly_on_interrupt() -> None:
+    """Until :func:`restore_interrupt`, Ctrl+C ends the process at once with one line and exit
+    130 instead of a ``KeyboardInterrupt`` traceback from deep inside an import (torch takes
+    seconds to import, and nothing has been written yet)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+
+def restore_interrupt() -> None:
+    """Ctrl+C raises ``KeyboardInterrupt`` again (if :func:`exit_quietly_on_interrupt` was on)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
     """Wrap a ``main`` so that ``... | head`` ends it quietly, as Unix tools do.
 
@@ -29,6 +53,7 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
 
     @functools.wraps(main)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
+        restore_interrupt()
         try:
             code = main(*args, **kwargs)
             sys.stdout.flush()

@@ -23,21 +23,24 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from finsense import metrics
 from finsense.agents import DQNAgent, QNetwork, greedy_action
-from finsense.checkpoint import CheckpointInfo, CheckpointManager, write_json_atomic
+from finsense.checkpoint import (
+    CheckpointInfo,
+    CheckpointManager,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from finsense.envs.trading import TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
 
@@ -308,14 +311,20 @@ def run_env_kwargs(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _select_checkpoint(
     run_dir: Path, config: Mapping[str, Any], checkpoint: str | Path
-) -> CheckpointInfo | Path:
-    """The CheckpointInfo or path ``checkpoint`` (best | latest | PATH) designates."""
+) -> tuple[CheckpointManager, CheckpointInfo | Path]:
+    """The CheckpointInfo or path ``checkpoint`` (best | latest | PATH) designates, with the
+    manager to load it with.
+
+    Loading a CheckpointInfo with the manager that chose it takes the files that choice verified,
+    so a trainer still running cannot rotate or replace them between the two (see
+    :meth:`CheckpointManager.load`).
+    """
     models = run_dir / "models"
     if str(checkpoint) not in CHECKPOINT_CHOICES:
         path = Path(checkpoint).expanduser()
         for candidate in (path, run_dir / path, models / path):
             if candidate.is_file():
-                return candidate
+                return CheckpointManager(candidate.parent), candidate
         raise CheckpointError(
             f"checkpoint={checkpoint}: no such file (looked in ., {run_dir} and {models}); "
             "use checkpoint=best, checkpoint=latest or a models/model_epN.pt path"
@@ -343,7 +352,7 @@ def _select_checkpoint(
             f"{run_dir} has no valid checkpoint in models/; train it first "
             "(python -m finsense.train ...) or pass checkpoint=PATH"
         )
-    return info
+    return manager, info
 
 
 def run_evaluation(
@@ -366,9 +375,9 @@ def run_evaluation(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     env_kwargs = run_env_kwargs(run_dir, config)
-    selected = _select_checkpoint(run_dir, config, checkpoint)
+    manager, selected = _select_checkpoint(run_dir, config, checkpoint)
     path = _path_of(selected)
-    state, _, metadata = CheckpointManager(path.parent).load(selected, with_training_state=False)
+    state, _, metadata = manager.load(selected, with_training_state=False)
     if not isinstance(state, dict) or "policy" not in state:
         raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
     try:
@@ -400,23 +409,30 @@ def write_results(result: EvalResult, run_dir: Path) -> tuple[Path, Path]:
     Each file is written to a temporary name and renamed, so a reader never sees half a file.
     """
     out = Path(run_dir) / EVAL_DIR
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
-    write_json_atomic(metrics_path, result.to_json(run_dir))
-
-    curve = result.curve
     equity_path = out / EQUITY_FILE
-    with _atomic_writer(equity_path) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(EQUITY_COLUMNS)
-        for date, agent, hold, position in zip(
-            curve.dates,
-            curve.agent_equity,
-            curve.buy_and_hold_equity,
-            curve.positions,
-            strict=True,
-        ):
-            writer.writerow([_iso_date(date), repr(float(agent)), repr(float(hold)), int(position)])
+    curve = result.curve
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(EQUITY_COLUMNS)
+    for date, agent, hold, position in zip(
+        curve.dates,
+        curve.agent_equity,
+        curve.buy_and_hold_equity,
+        curve.positions,
+        strict=True,
+    ):
+        writer.writerow([_iso_date(date), repr(float(agent)), repr(float(hold)), int(position)])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(metrics_path, result.to_json(run_dir))
+        write_bytes_atomic(equity_path, text.getvalue().encode("utf-8"))
+    except OSError as exc:
+        raise FinSenseError(
+            f"{exc.filename or out}: cannot write the evaluation results "
+            f"({exc.strerror or exc}); make the run directory writable (or copy the run "
+            "elsewhere) and evaluate again"
+        ) from None
     return metrics_path, equity_path
 
 
@@ -443,19 +459,6 @@ def read_equity(path: Path) -> EquityCurve:
         raise FinSenseError(
             f"{path}: damaged ({exc}); delete it and run python -m finsense.evaluate again"
         ) from None
-
-
-@contextmanager
-def _atomic_writer(path: Path) -> Iterator[TextIO]:
-    """Write text to a temporary file beside ``path`` and rename it over ``path`` on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _iso_date(value: Any) -> str:

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,6 +122,69 @@ def _format_console() -> None:
             handler.setFormatter(_ConsoleFormatter("%(message)s"))
 
 
+#: What a run directory holds, by kind: a stray file or folder of the same name is refused.
+_RUN_DIR_LAYOUT = {
+    ".hydra": "directory",
+    "logs": "directory",
+    "models": "directory",
+    "logs/finsense.log": "file",
+    "metrics.csv": "file",
+}
+
+
+def check_run_dir_layout(run_dir: Path) -> None:
+    """Refuse a run directory where FinSense's own entries are of the wrong kind (``logs`` a
+    file, ``metrics.csv`` a folder), before anything in it changes.
+
+    Raises:
+        FinSenseError: one line naming the entry and what to do.
+    """
+    for name, kind in _RUN_DIR_LAYOUT.items():
+        path = run_dir / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir() != (kind == "directory"):
+            found = "a directory" if path.is_dir() else "a file"
+            raise FinSenseError(
+                f"{path} is {found}, where FinSense keeps its {name} {kind}; move it out of "
+                "the run directory, then run the same command again"
+            )
+
+
+def check_output_path(path: str | os.PathLike[str]) -> None:
+    """Refuse an output directory that cannot be made because a file stands in its way.
+
+    Raises:
+        FinSenseError: one line naming the file.
+    """
+    target = Path(path)
+    for part in (*reversed(target.parents), target):
+        if os.path.lexists(part) and not part.is_dir():
+            raise FinSenseError(
+                f"{part} is a file, so the run directory {target} cannot be made there; move "
+                "the file away or choose another directory (hydra.run.dir=..., hydra.sweep.dir=...)"
+            )
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: the run (or sweep) directory can be made, checked before Hydra makes it
+    (Hydra's own failure would be a raw ``NotADirectoryError``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(path: str) -> None:
+        try:
+            check_output_path(path)
+        except FinSenseError as err:
+            sys.stderr.write(f"ERROR: {err}\n")
+            sys.exit(err.exit_code)
+
+
 class _RunRecord:
     """What a run writes about itself, held back until the command is known to run.
 
@@ -195,6 +259,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from finsense.trainer import Trainer, TrainSettings, resume_path, seed_everything
 
     validate(cfg)
+    check_run_dir_layout(run_dir)
     device = resolve_device(cfg.device)
     if str(cfg.resume) not in ("auto", "never"):
         resume_path(str(cfg.resume), run_dir)  # a missing file is refused before any work
@@ -383,6 +448,9 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 def main() -> None:
     """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
+    from finsense.cli import restore_interrupt
+
+    restore_interrupt()
     sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
     from finsense.parent_watch import mark_launcher
 

@@ -13,6 +13,7 @@ exactly as the run that never stopped.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from finsense.checkpoint import CheckpointInfo, CheckpointManager
+from finsense.checkpoint import CheckpointInfo, CheckpointManager, metadata_path, write_bytes_atomic
 from finsense.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,9 @@ class MetricsLog:
     """``metrics.csv``: one row per episode, always matching the checkpoints on disk.
 
     On resume the rows after the restored episode are dropped (they belong to a future that the
-    restored run is about to relive), and a line cut by a crash is discarded.
+    restored run is about to relive), and a line cut by a crash is discarded. A write that fails
+    (no space left, a read-only disk) is one :class:`CheckpointError` line; the file keeps its
+    complete rows.
     """
 
     def __init__(self, path: Path) -> None:
@@ -218,45 +221,62 @@ class MetricsLog:
         self._fields: list[str] | None = None
 
     def truncate_after(self, episode: int) -> None:
-        """Keep only complete rows with ``episode <= episode``."""
+        """Keep only complete rows with ``episode <= episode`` (rewritten atomically)."""
         if not self.path.exists():
             return
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames
-            rows = []
-            for row in reader:
-                try:
-                    ep = int(row["episode"])
-                except (TypeError, ValueError, KeyError):
-                    continue
-                if ep <= episode and None not in row.values() and None not in row:
-                    rows.append(row)
-        if not fields or not rows:
-            self.path.unlink()
-            return
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+        try:
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                fields = reader.fieldnames
+                rows = []
+                for row in reader:
+                    try:
+                        ep = int(row["episode"])
+                    except (TypeError, ValueError, KeyError):
+                        continue
+                    if ep <= episode and None not in row.values() and None not in row:
+                        rows.append(row)
+            if not fields or not rows:
+                self.path.unlink()
+                return
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
+            write_bytes_atomic(self.path, text.getvalue().encode("utf-8"))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise self._error("rewrite", exc) from None
         self._fields = list(fields)
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one episode's row (header first when the file is new)."""
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if self._fields is None:
-            if new:
-                self._fields = list(row)
-            else:
-                with self.path.open(newline="") as f:
-                    self._fields = next(csv.reader(f), list(row))
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            if self._fields is None:
+                if new:
+                    self._fields = list(row)
+                else:
+                    with self.path.open(newline="") as f:
+                        self._fields = next(csv.reader(f), list(row))
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self._fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
+            # One write of the whole row: a failure leaves at most a cut last line, which the
+            # next resume drops.
+            with self.path.open("a", newline="") as f:
+                f.write(text.getvalue())
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise self._error("append to", exc) from None
+
+    def _error(self, verb: str, exc: BaseException) -> CheckpointError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return CheckpointError(
+            f"{self.path}: cannot {verb} the per-episode metrics ({reason}); the checkpoints "
+            "are intact: fix the cause (free space, permissions) and run the same command to "
+            "resume"
+        )
 
 
 def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -305,6 +325,12 @@ def resume_path(resume: str, run_dir: Path) -> Path:
         raise CheckpointError(
             f"resume={resume}: no such checkpoint file; "
             "use resume=auto or a models/model_epN.pt path"
+        )
+    json_path = metadata_path(path)
+    if not json_path.is_file():
+        raise CheckpointError(
+            f"resume={resume}: no {json_path.name} beside it; resuming needs the checkpoint's "
+            "JSON (episode, checksums): name a models/model_epN.pt that has one"
         )
     return path
 
@@ -356,7 +382,7 @@ class Trainer:
                 log.warning("resume=never: previous history moved to %s", self._rel(archived))
             return None
         if resume == "auto":
-            return self.manager.latest()
+            return self.manager.latest(resumable=True)
         return resume_path(resume, self.run_dir)
 
     def _set_aside_other_future(self, checkpoint: Path, start: int) -> None:
@@ -381,10 +407,11 @@ class Trainer:
     def restore(self, checkpoint: CheckpointInfo | Path) -> int:
         """Load a checkpoint into the agent (after the drift check); return its episode."""
         state, training_state, metadata = self.manager.load(checkpoint)
-        if training_state is None:
+        where = checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
+        if training_state is None or not isinstance(metadata.get("episode"), int):
             raise CheckpointError(
-                f"{checkpoint}: training state (replay buffer, optimizer) missing; "
-                "cannot resume exactly"
+                f"{where}: holds no training state (replay buffer, optimizer, counters), so "
+                "training cannot resume from it exactly; name a models/model_epN.pt instead"
             )
         saved_config = metadata.get("config") or {}
         if saved_config and self.config:

@@ -878,6 +878,142 @@ def test_scan_skips_damage_without_renaming_while_another_writer_holds_the_lock(
         assert "model_ep2.pt.corrupt" in corrupt_files(models)
 
 
+# -- readers racing a writer (issue 10) ------------------------------------------------------------
+def tagged_save(manager: CheckpointManager, episode: int, value: float, tag: str) -> None:
+    """A save whose weights and metadata both carry ``tag`` (which save a reader got)."""
+    state = {**policy(episode), "tag": tag}
+    manager.save(episode, state, meta(value, tag=tag), training_state=training(episode))
+
+
+def race_on_read(monkeypatch: pytest.MonkeyPatch, name: str, commit: Any) -> list[str]:
+    """Run ``commit()`` (a real save by another manager) the first time a reader is about to
+    read the file ``name``: after it has read the JSON, before it reads the weights."""
+    real = CheckpointManager._read_sized
+    fired: list[str] = []
+
+    def read_sized(path: Path, size: Any, what: str) -> bytes:
+        if path.name == name and not fired:
+            fired.append(path.name)
+            commit()
+        return real(path, size, what)
+
+    monkeypatch.setattr(CheckpointManager, "_read_sized", staticmethod(read_sized))
+    return fired
+
+
+def assert_consistent(
+    reader: CheckpointManager, info: CheckpointInfo | None, episode: int, tag: str
+) -> None:
+    assert info is not None and info.episode == episode and info.metadata["tag"] == tag
+    state, train_state, metadata = reader.load(info)
+    assert state["episode"] == metadata["episode"] == episode
+    assert state["tag"] == metadata["tag"] == tag
+    assert train_state is not None and train_state["steps"] == episode * 10
+
+
+def test_latest_racing_a_save_of_the_same_episode_rereads_it(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointManager(models, max_keep=3)
+    tagged_save(writer, 3, 1.0, "old")
+    fired = race_on_read(monkeypatch, "model_ep3.pt", lambda: tagged_save(writer, 3, 1.0, "new"))
+    reader = CheckpointManager(models, max_keep=3)  # writable: no run lock is held
+    info = reader.latest()
+    assert fired
+    assert_consistent(reader, info, 3, "new")
+    assert corrupt_files(models) == set()
+
+
+def test_latest_racing_a_rotation_moves_on_to_the_now_newest(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointManager(models, max_keep=2)
+    tagged_save(writer, 2, 1.0, "two")
+    tagged_save(writer, 3, 1.0, "three")
+
+    def three_more_saves() -> None:  # episode 3 (and 2) rotated away
+        for episode in (4, 5, 6):
+            tagged_save(writer, episode, 1.0, f"ep{episode}")
+
+    fired = race_on_read(monkeypatch, "model_ep3.pt", three_more_saves)
+    reader = CheckpointManager(models, max_keep=2)
+    info = reader.latest()
+    assert fired and not (models / "model_ep3.json").exists()
+    assert_consistent(reader, info, 6, "ep6")
+    assert corrupt_files(models) == set()
+
+
+@pytest.mark.parametrize("how", ["save", "update_best"])
+def test_best_racing_a_new_best_rereads_best_model(
+    models: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    writer = CheckpointManager(models, max_keep=3)
+    tagged_save(writer, 1, 1.0, "first")
+
+    def new_best() -> None:  # best_model.* replaced in place (hard links, or written anew)
+        if how == "save":
+            tagged_save(writer, 2, 5.0, "second")
+        else:
+            state = {**policy(2), "tag": "second"}
+            writer.update_best(2, state, meta(5.0, tag="second"), training_state=training(2))
+
+    fired = race_on_read(monkeypatch, "best_model.pt", new_best)
+    reader = CheckpointManager(models, max_keep=3)
+    info = reader.best()
+    assert fired
+    assert info is not None and info.path.name == "best_model.pt"
+    assert_consistent(reader, info, 2, "second")
+    assert corrupt_files(models) == set()
+
+
+def test_load_by_a_fresh_manager_racing_a_new_best_gets_a_consistent_pair(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointManager(models, max_keep=3)
+    tagged_save(writer, 1, 1.0, "first")
+    info = CheckpointManager(models).best()
+    assert info is not None and info.metadata["tag"] == "first"
+    fired = race_on_read(monkeypatch, "best_model.pt", lambda: tagged_save(writer, 2, 5.0, "2nd"))
+    # As finsense.evaluate did: the JSON is read, then the trainer relinks best_model.*.
+    state, _, metadata = CheckpointManager(models).load(info)
+    assert fired
+    assert state["tag"] == metadata["tag"] == "2nd" and state["episode"] == metadata["episode"] == 2
+    assert corrupt_files(models) == set()
+
+
+def test_load_with_the_choosing_manager_survives_a_rotation_in_between(models: Path) -> None:
+    writer = CheckpointManager(models, max_keep=1)
+    tagged_save(writer, 1, 1.0, "one")
+    reader = CheckpointManager(models, max_keep=1)
+    info = reader.latest()
+    tagged_save(writer, 2, 1.0, "two")  # rotates episode 1 away
+    assert info is not None and not info.path.exists()
+    assert_consistent(reader, info, 1, "one")  # the files latest() verified
+    with pytest.raises(CheckpointError) as raised:  # a manager of its own has nothing to read
+        CheckpointManager(models).load(info)
+    message = str(raised.value)
+    assert "model_ep1.pt: removed while being loaded" in message and "run again" in message
+    assert "\n" not in message and corrupt_files(models) == set()
+
+
+def test_damage_on_stable_files_is_still_set_aside_after_a_race(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointManager(models, max_keep=3)
+    tagged_save(writer, 1, 1.0, "one")
+    tagged_save(writer, 2, 1.0, "two")
+
+    def damaging_save() -> None:  # a real save, then real damage to what it wrote
+        tagged_save(writer, 2, 1.0, "three")
+        flip_byte(models / "model_ep2.pt")
+
+    race_on_read(monkeypatch, "model_ep2.pt", damaging_save)
+    reader = CheckpointManager(models, max_keep=3)
+    info = reader.latest()
+    assert_consistent(reader, info, 1, "one")
+    assert "model_ep2.pt.corrupt" in corrupt_files(models)
+
+
 # -- random sequences of saves and damage ----------------------------------------------------------
 class Blob:
     """The content of a model file; shared by hard links (an episode and best_model)."""

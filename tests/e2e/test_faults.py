@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -231,3 +232,120 @@ def _drain(fd: int) -> None:
     with contextlib.suppress(OSError):
         while os.read(fd, 65536):
             pass
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path):
+    """A helper to mount a filesystem under ``tmp_path`` (skips where mounting is not allowed);
+    everything mounted is unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(*args: str, at: Path) -> None:
+        at.mkdir(exist_ok=True)
+        proc = subprocess.run(["mount", *args, str(at)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
+        mounted.append(at)
+
+    yield mount
+    for at in reversed(mounted):
+        subprocess.run(["umount", "-l", str(at)], check=False)
+
+
+def _tmp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_run_resumes(
+    tmp_path: Path, mount_point
+) -> None:
+    disk = tmp_path / "disk"
+    mount_point("-t", "tmpfs", "-o", "size=1500k", "tmpfs", at=disk)
+    run_dir = disk / "run"
+    full = _run(tmp_path, run_dir, "episodes=200", "checkpoints.max_keep=50")
+    combined = full.stdout + full.stderr
+    assert full.returncode == 2, combined
+    assert "Traceback" not in combined
+    errors = [line for line in combined.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], combined
+    assert _tmp_files(run_dir) == []
+    saved = sorted(int(p.stem[8:]) for p in (run_dir / "models").glob("model_ep*.json"))
+    assert saved, "the disk filled before the first checkpoint"
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    resumed = _run(tmp_path, run_dir, f"episodes={saved[-1] + 2}", "checkpoints.max_keep=50")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Auto-resuming from episode {saved[-1]}:" in resumed.stdout
+
+
+@needs_strace
+def test_a_failed_write_of_metrics_csv_is_one_line_and_the_run_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert _run(tmp_path, run_dir, "episodes=2").returncode == 0
+    metrics = run_dir / "metrics.csv"
+    proc = _run(
+        tmp_path,
+        run_dir,
+        "episodes=6",
+        strace=["-o", "/dev/null", "-P", str(metrics), "-e", "inject=write:error=ENOSPC"],
+    )
+    combined = proc.stdout + proc.stderr
+    assert proc.returncode == 2, combined
+    assert "Traceback" not in combined
+    errors = [line for line in combined.splitlines() if line.startswith("ERROR")]
+    assert errors == [
+        f"ERROR: {metrics}: cannot append to the per-episode metrics (No space left on device); "
+        "the checkpoints are intact: fix the cause (free space, permissions) and run the same "
+        "command to resume"
+    ]
+    assert _tmp_files(run_dir) == []
+    again = _run(tmp_path, run_dir, "episodes=6")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(metrics.read_text().splitlines()) == 7
+
+
+def test_a_read_only_run_directory_is_one_line_for_train_and_evaluate(
+    tmp_path: Path, mount_point
+) -> None:
+    source = tmp_path / "source"
+    assert _run(tmp_path, source / "run", "episodes=2").returncode == 0
+    view = tmp_path / "view"
+    mount_point("--bind", str(source), at=view)
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True)
+    before = _digests(source)
+    train = _run(tmp_path, view / "run", "episodes=4")
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "finsense.evaluate", str(view / "run")],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for proc in (train, evaluate):
+        combined = proc.stdout + proc.stderr
+        assert proc.returncode != 0, combined
+        assert "Traceback" not in combined, combined
+        assert "Read-only file system" in combined
+        lines = [line for line in combined.splitlines() if "Read-only file system" in line]
+        assert len(lines) == 1, combined
+    assert _digests(source) == before
+
+
+def test_ctrl_c_in_the_first_seconds_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+    for delay in (0.1, 0.4, 0.8, 1.2, 1.6, 2.0):
+        proc = subprocess.Popen(
+            train_argv(f"hydra.run.dir={tmp_path / 'run'}", "episodes=3"),
+            cwd=tmp_path,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert "Traceback" not in out and "KeyboardInterrupt" not in out, f"{delay} s: {out}"
+        if proc.returncode != 0:  # not finished yet when the signal came
+            assert proc.returncode == 130, out
+            assert out.strip().splitlines()[-1].startswith("Interrupted"), out
