@@ -30,7 +30,6 @@ Rules the store keeps:
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import itertools
@@ -47,13 +46,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
 
-from finsense.errors import CheckpointError, ConfigError, RunLockedError
-from finsense.lockfile import LOCK_FILE, lock_held
+from finsense.errors import CheckpointError, ConfigError
+from finsense.lockfile import LOCK_FILE, RunLock, _held_locks
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,6 @@ __all__ = [
 
 #: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
 FORMAT_VERSION = 1
-#: The file in a run directory that :class:`RunLock` holds an exclusive ``flock`` on.
 #: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
 ARCHIVE_DIR = "archive"
 #: The journal of an archive move in progress (see :meth:`CheckpointManager.archive`).
@@ -89,9 +86,9 @@ _PARALLEL_HASH_BYTES = 1 << 20
 _READ_ATTEMPTS = 6
 _READ_BACKOFF_S = 0.01
 
+#: Close-on-exec where the platform has it (not on Windows, where handles are not inherited).
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _tmp_counter = itertools.count()
-#: Run directories (resolved) whose RunLock this process holds.
-_held_locks: set[Path] = set()
 
 
 # -- small file helpers ----------------------------------------------------------------------------
@@ -132,7 +129,10 @@ def _remove_quietly(path: Path) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make renames in ``directory`` durable (a no-op where the file system cannot do it)."""
+    """Make renames in ``directory`` durable (a no-op where the file system or the platform
+    cannot do it: Windows has no directory descriptors)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -185,7 +185,7 @@ def _write_tmp(path: Path, data: bytes | memoryview, *, sha256: bool = False) ->
     digest = _Digest(view) if sha256 else None
     tmp = _tmp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
         try:
             _write_all(fd, view)
             os.fsync(fd)
@@ -1499,115 +1499,3 @@ class CheckpointManager:
                 if found is not None and found > episode:
                     later.append(name)
         return later
-
-
-class RunLock:
-    """Exclusive OS lock (``fcntl.flock``) on ``<run_dir>/.finsense.lock``.
-
-    Held for as long as training runs; the OS releases it when the holder exits or dies, even by
-    ``kill -9``. The lock file holds the holder's pid, for the message a second process gets. The
-    descriptor is close-on-exec; a child made by a bare ``fork`` shares the lock until it exits.
-
-    Use as ``with RunLock(run_dir): ...``.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self._fd: int | None = None
-        self._key: Path | None = None
-        self._recorded = False
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
-    def acquire(self) -> None:
-        """Take the lock without waiting.
-
-        Raises:
-            RunLockedError: another process (or another RunLock here) holds it.
-            CheckpointError: the lock file cannot be created or locked.
-        """
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path}: this RunLock is already held")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise CheckpointError(
-                f"{self.path}: cannot create the run lock ({_reason(exc)})"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise RunLockedError(
-                f"run directory {self.run_dir} is in use by another FinSense process "
-                f"(pid {holder if holder is not None else 'unknown'}); wait for it to finish or "
-                "stop it"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise CheckpointError(f"{self.path}: cannot lock ({_reason(exc)})") from exc
-        self._fd = fd
-        self._key = self.run_dir.resolve()
-        _held_locks.add(self._key)
-
-    def record_pid(self) -> None:
-        """Write this process's pid into the lock file, for the message a second process gets.
-
-        Called once the command is known to run: a refused command leaves the file untouched.
-        """
-        if self._fd is None:
-            raise RuntimeError(f"{self.path}: record_pid() needs the lock held")
-        try:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-            self._recorded = True
-        except OSError as exc:
-            log.debug("%s: cannot record the pid (%s)", self.path, _reason(exc))
-
-    def release(self) -> None:
-        """Give the lock back (nothing happens if it is not held)."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        if self._key is not None:
-            _held_locks.discard(self._key)
-        try:
-            if self._recorded:
-                os.ftruncate(fd, 0)
-                self._recorded = False
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError as exc:
-            log.debug("%s: %s while releasing", self.path, _reason(exc))
-        finally:
-            os.close(fd)
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    @staticmethod
-    def is_locked(run_dir: str | Path) -> bool:
-        """Whether any process (this one included) holds the lock of ``run_dir``."""
-        return lock_held(run_dir)
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None

@@ -60,7 +60,8 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
             return code
         except BrokenPipeError:
             point_at_devnull(sys.stdout.fileno())
-            return 128 + signal.SIGPIPE
+            # Windows has no SIGPIPE; 13 is its number on Linux and macOS.
+            return 128 + getattr(signal, "SIGPIPE", 13)
 
     return wrapper
 
