@@ -1,14 +1,18 @@
-"""``python -m finsense.evaluate RUN_DIR [checkpoint=best|latest|PATH] [seeds=N]``.
+"""``python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] [checkpoint=...] [seeds=N]``.
 
 Runs the greedy policy of a run's checkpoint on the run's held-out test split and prints it side
 by side with buy-and-hold and a random policy; writes ``RUN_DIR/eval/test_metrics.json`` and
-``RUN_DIR/eval/equity.csv`` (see :mod:`finsense.evaluation`). A user's mistake (a missing or
-damaged run directory, no checkpoint) is one line on stderr and exit code 2.
+``RUN_DIR/eval/equity.csv`` (see :mod:`finsense.evaluation`).
+
+The run is RUN_DIR, or the one the train command with the same overrides uses
+(``python -m finsense.evaluate seed=1 env=googl``), or with neither the default run,
+``outputs/default`` (see :mod:`finsense.runs`). The options are ``key=value`` or the guide's
+``--checkpoint latest``, ``--seeds 3``. A user's mistake (a missing or damaged run directory, no
+checkpoint, an unknown argument) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -18,10 +22,17 @@ from typing import Any
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.evaluation import TABLE_METRICS, EvalResult, run_evaluation
+from finsense.runs import Option, make_parser, parse_run_args
 
 PROG = "finsense.evaluate"
-#: ``KEY=VALUE`` arguments the command accepts, with their defaults.
-OPTIONS: dict[str, str] = {"checkpoint": "best", "seeds": "10"}
+#: The command's own options (``key=value`` or ``--key value``); every other ``key=value`` is an
+#: override of the train command that names the run.
+OPTIONS: dict[str, Option] = {
+    "checkpoint": Option(
+        "best", "best|latest|PATH", "which checkpoint: the best model, the newest, or a file"
+    ),
+    "seeds": Option("10", "N", "random-policy seeds"),
+}
 
 
 def _format(metric: str, value: Any) -> str:
@@ -73,49 +84,33 @@ def _describe(result: EvalResult, run_dir: Path) -> str:
     )
 
 
-def _parse_options(pairs: list[str]) -> dict[str, str]:
-    options = dict(OPTIONS)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in OPTIONS or not value:
-            known = ", ".join(f"{k}=..." for k in OPTIONS)
-            raise FinSenseError(f"unknown argument {pair!r}; expected {known}")
-        options[key] = value
-    return options
-
-
 @quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 for a user's mistake)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m finsense.evaluate",
-        description="Evaluate a run's checkpoint on its held-out test split, side by side with "
+    parser = make_parser(
+        PROG,
+        "Evaluate a run's checkpoint on its held-out test split, side by side with "
         "buy-and-hold and a random policy.",
+        OPTIONS,
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run directory")
-    parser.add_argument(
-        "options",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="checkpoint=best|latest|PATH (default best); seeds=N random-policy seeds (default 10)",
-    )
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        options = _parse_options(args.options)
+        args = parse_run_args(parser, sys.argv[1:] if argv is None else argv, OPTIONS)
+        options = args.options
         try:
             seeds = int(options["seeds"])
         except ValueError:
             seeds = 0
         if seeds < 1:
             raise FinSenseError(f"seeds={options['seeds']}: must be an integer >= 1")
-        result = run_evaluation(args.run_dir, options["checkpoint"], seeds_random=seeds)
+        run_dir = args.find()
+        result = run_evaluation(run_dir, options["checkpoint"], seeds_random=seeds)
     except FinSenseError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(_describe(result, args.run_dir))
+    print(_describe(result, run_dir))
     print(format_table(result))
-    print(f"Wrote {args.run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
+    print(f"Wrote {run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""``python -m finsense.report RUN_DIR``: the figures people want to see, as PNG files.
+"""``python -m finsense.report [RUN_DIR | OVERRIDE ...]``: the figures people want, as PNG files.
+
+The run is RUN_DIR (a run or a sweep directory), or the one the train command with the same
+overrides uses (``python -m finsense.report seed=1 env=googl``), or with neither the default run,
+``outputs/default`` (see :mod:`finsense.runs`).
 
 For a run directory, into ``RUN_DIR/report/``:
 
@@ -19,7 +23,6 @@ Needs matplotlib (the ``report`` extra); it draws with the Agg backend, so no di
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -43,6 +46,7 @@ from finsense.evaluation import (
     read_equity,
     run_evaluation,
 )
+from finsense.runs import make_parser, parse_run_args
 from finsense.status import find_run_dirs, read_run
 
 if TYPE_CHECKING:
@@ -478,13 +482,17 @@ def _is_run_dir(path: Path) -> bool:
 @quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 when nothing could be drawn)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m finsense.report",
-        description="Draw a run's training curve, test equity and drawdown (PNG files in "
-        "RUN_DIR/report/), or compare the jobs of a sweep directory.",
+    parser = make_parser(
+        PROG,
+        "Draw a run's training curve, test equity and drawdown (PNG files in RUN_DIR/report/), "
+        "or compare the jobs of a sweep directory.",
+        {},
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or sweep directory")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_run_args(parser, sys.argv[1:] if argv is None else argv, {})
+    except FinSenseError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         import matplotlib  # noqa: F401
@@ -492,7 +500,11 @@ def main(argv: list[str] | None = None) -> int:
         print(MISSING_MATPLOTLIB, file=sys.stderr)
         return 2
 
-    run_dir: Path = args.run_dir
+    try:
+        run_dir = args.find()
+    except FinSenseError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
     if not run_dir.is_dir():
         what = "is not a directory" if run_dir.exists() else "does not exist"
         print(f"{PROG}: {run_dir} {what}; pass a run or sweep directory", file=sys.stderr)

@@ -325,7 +325,71 @@ def test_cli_prints_the_side_by_side_table(
     assert "(episode 10)" in out
 
 
-@pytest.mark.parametrize("args", [["nowhere"], [".", "checkpoint"], [".", "epochs=3"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["checkpoint=latest", "seeds=2"],
+        ["--checkpoint", "latest", "--seeds", "2"],
+        ["--checkpoint=latest", "--seeds=2"],
+    ],
+)
+def test_cli_finds_the_run_by_the_train_commands_overrides(
+    tmp_path: Path,
+    env_config: dict[str, Any],
+    flags: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where python -m finsense.train seed=1 episodes=10 puts its run (episodes is not part of it).
+    make_run_dir(tmp_path / "outputs" / "seed=1", env_config)
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main(["seed=1", "--episodes", "10", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "(episode 10)" in out and "random (mean ± std, 2 seeds)" in out
+    assert out.splitlines()[-1] == "Wrote outputs/seed=1/eval/test_metrics.json and equity.csv"
+
+
+def test_cli_without_arguments_evaluates_the_default_run(
+    tmp_path: Path,
+    env_config: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.main([]) == 2
+    assert capsys.readouterr().err == (
+        "finsense.evaluate: no run at outputs/default (no overrides: the default run); pass a "
+        "RUN_DIR or the train command's overrides (seed=1 env=googl ...)\n"
+    )
+    make_run_dir(tmp_path / "outputs" / "default", env_config)
+    assert evaluate.main(["--seeds", "1"]) == 0
+    assert "Wrote outputs/default/eval/" in capsys.readouterr().out
+
+
+def test_cli_usage_line_shows_the_run_as_optional(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["--help"])
+    assert info.value.code == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage == (
+        "usage: python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] "
+        "[checkpoint=best|latest|PATH] [seeds=N]"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["nowhere"],
+        [".", "checkpoint"],
+        [".", "epochs=3"],
+        ["seed=7"],
+        ["nokey=1"],
+        ["--checkpoint"],
+        ["--epochs", "3"],
+        ["seeds=0"],
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(
     tmp_path: Path,
     args: list[str],

@@ -156,6 +156,30 @@ def test_a_directory_without_runs_is_one_line_and_exit_2(
     assert len(err.strip().splitlines()) == 1 and err.startswith("finsense.report: ")
 
 
+def test_a_run_is_found_by_the_train_commands_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["seed=7", "env=googl"]) == 2
+    assert capsys.readouterr().err == (
+        "finsense.report: no run at outputs/env=googl,seed=7 (overrides: seed=7 env=googl); "
+        "train it with: python -m finsense.train seed=7 env=googl\n"
+    )
+    # A directory that is there but holds no run: the lookup found it, the report says so.
+    (tmp_path / "outputs" / "env=googl,seed=7").mkdir(parents=True)
+    assert report.main(["env=googl", "seed=7", "--episodes", "9"]) == 2
+    assert "outputs/env=googl,seed=7 is not a FinSense run directory" in capsys.readouterr().err
+
+
+def test_the_usage_line_shows_the_run_as_optional(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage == "usage: python -m finsense.report [RUN_DIR | OVERRIDE ...]"
+    assert report.main(["a", "b"]) == 2
+    assert capsys.readouterr().err == "finsense.report: one RUN_DIR at most, got a b\n"
+
+
 def test_a_run_without_metrics_or_checkpoints_says_what_it_skipped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
