@@ -13,9 +13,20 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install the project with its dev extra and run pytest (extra arguments go to pytest)."""
-    session.install("-e", ".[dev]")
+    """Install the tested set (constraints.txt) and run pytest (extra arguments go to pytest)."""
+    session.install("-e", ".[dev]", "-c", "constraints.txt")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def floor(session: nox.Session) -> None:
+    """The quick tests against the oldest versions pyproject.toml allows (constraints-floor.txt).
+
+    Only the runtime dependencies are held at their floors; the test tools are the tested set's.
+    """
+    session.install("-e", ".", "-c", "constraints-floor.txt")
+    session.install("pytest", "pytest-timeout", "hypothesis", "pyyaml", "-c", "constraints.txt")
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session
@@ -29,5 +40,5 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy on the package."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev]", "-c", "constraints.txt")
     session.run("mypy", "finsense")

@@ -74,7 +74,7 @@ def _register_resolvers() -> None:
 _register_resolvers()
 register_configs()
 
-_ALIASES = {"--auto-resume": "resume=auto"}
+_ALIASES = {"--auto-resume": "resume=auto", "--verbose": "hydra.verbose=finsense"}
 _VALUE_ALIASES = {"--resume": "resume", "--episodes": "episodes"}
 
 
@@ -86,15 +86,83 @@ def _override_value(value: str) -> str:
     return value
 
 
-def translate_guide_flags(argv: list[str]) -> list[str]:
-    """The guide's flags (``--auto-resume``, ``--resume X``, ``--episodes N``) as overrides."""
+def _yaml_value(value: Any) -> str:
+    """A YAML value as Hydra override text (numbers, booleans, null, strings, lists)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    return _override_value(str(value))
+
+
+def config_file_overrides(path: str, later: list[str]) -> list[str]:
+    """The run values of a YAML file (the guide's ``--config config.yaml``) as overrides.
+
+    Nested sections become dotted keys (``checkpoints: {max_keep: 3}`` is
+    ``checkpoints.max_keep=3``), so they are validated like command-line overrides, recorded in
+    ``.hydra/overrides.yaml`` and, for keys that define the experiment, part of the run
+    directory's name: two files that define different experiments never share a run. A group
+    choice is a plain string (``env: googl``). Keys also given in ``later`` (the rest of the
+    command line) are left to it.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    import yaml
+
+    from finsense.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{line}") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"--config {path}: must hold key: value pairs, not a {type(data).__name__}"
+        )
+    given = {o.lstrip("+~").split("=", 1)[0] for o in later}
     out: list[str] = []
+
+    def walk(node: dict[Any, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, name + ".")
+            elif name not in given:
+                out.append(f"{name}={_yaml_value(value)}")
+
+    walk(data, "")
+    return out
+
+
+def translate_guide_flags(argv: list[str]) -> list[str]:
+    """The guide's flags as overrides: ``--auto-resume``, ``--resume X``, ``--episodes N``,
+    ``--verbose`` (debug logging for FinSense) and ``--config FILE`` (its run values, before
+    the rest of the command line)."""
+    out: list[str] = []
+    files: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         key, eq, value = arg.partition("=")
         if arg in _ALIASES:
             out.append(_ALIASES[arg])
+        elif key == "--config" and eq:
+            files.append(value)
+        elif arg == "--config" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+            i += 1
         elif key in _VALUE_ALIASES and eq:
             out.append(f"{_VALUE_ALIASES[key]}={_override_value(value)}")
         elif arg in _VALUE_ALIASES and i + 1 < len(argv):
@@ -103,7 +171,8 @@ def translate_guide_flags(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
-    return out
+    from_files = [o for path in files for o in config_file_overrides(path, out)]
+    return from_files + out
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -446,12 +515,36 @@ def _remove_if_empty(run_dir: Path) -> None:
         os.rmdir(run_dir)
 
 
+def version_line() -> str:
+    """``finsense 0.1.0 (torch 2.13.0, hydra-core 1.3.8, Python 3.11.7)``: read from the
+    installed packages' metadata, so no heavy import runs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from finsense import __version__
+
+    parts = []
+    for package in ("torch", "hydra-core"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    parts.append(f"Python {sys.version.split()[0]}")
+    return f"finsense {__version__} ({', '.join(parts)})"
+
+
 def main() -> None:
     """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
     from finsense.cli import restore_interrupt
 
     restore_interrupt()
-    sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
+    if "--version" in sys.argv[1:]:
+        print(version_line())
+        return
+    try:
+        sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
+    except FinSenseError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
     from finsense.parent_watch import mark_launcher
 
     mark_launcher()  # sweep workers inherit this pid and end when this process dies

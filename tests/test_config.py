@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 import yaml
@@ -113,6 +115,54 @@ def test_guide_flags_become_overrides() -> None:
         "resume=models/model_ep200.pt"
     ]
     assert translate_guide_flags(["--resume=auto", "seed=3"]) == ["resume=auto", "seed=3"]
+
+
+def test_guide_config_file_becomes_overrides_before_the_command_line(tmp_path: Path) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "checkpoints:\n  save_frequency: 10\n  max_keep: 5\n  metric_name: total_profit\n"
+        "agent:\n  hidden_sizes: [32, 16]\n  dueling: false\n  learning_rate: 0.0005\n"
+        "seed: 7\nname: null\nenv: googl\n"
+    )
+    out = translate_guide_flags(["--config", str(config), "--verbose", "seed=1"])
+    assert out == [
+        "checkpoints.save_frequency=10",
+        "checkpoints.max_keep=5",
+        "checkpoints.metric_name=total_profit",
+        "agent.hidden_sizes=[32,16]",
+        "agent.dueling=false",
+        "agent.learning_rate=0.0005",
+        "name=null",
+        "env=googl",
+        "hydra.verbose=finsense",
+        "seed=1",  # the command line wins over the file
+    ]
+    OverridesParser.create().parse_overrides(out)  # all valid override syntax
+    assert translate_guide_flags([f"--config={config}"])[:1] == ["checkpoints.save_frequency=10"]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "cannot read it"), ("a: [1", "not valid YAML (line 1)"), ("- 1\n", "not a list")],
+)
+def test_a_bad_guide_config_file_is_one_line(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        translate_guide_flags(["--config", str(config)])
+
+
+def test_version_line_names_finsense_torch_and_hydra() -> None:
+    from finsense import __version__
+    from finsense.train import version_line
+
+    line = version_line()
+    assert line.startswith(f"finsense {__version__} (torch 2.") and "hydra-core 1.3" in line
 
 
 def test_config_drift_separates_structural_changes() -> None:

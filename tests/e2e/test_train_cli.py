@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -314,6 +315,20 @@ def test_unsafe_checkpoint_named_by_the_user_is_refused_and_never_executed(
             return (os.system, (f"touch {marker}",))
 
     torch.save({"policy": Payload()}, evil)
+    # A JSON beside it that vouches for exactly these bytes: only the safe loader stands between
+    # the pickle and its execution.
+    sha = hashlib.sha256(evil.read_bytes()).hexdigest()
+    (tmp_path / "evil.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "episode": 3,
+                "metrics": {"total_profit": 1.0},
+                "sha256": {"model": sha, "training": None},
+                "size_bytes": {"model": evil.stat().st_size, "training": None},
+            }
+        )
+    )
     proc = train_cmd(f"resume={evil}")
     combined = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -401,3 +416,29 @@ def test_training_goes_on_quietly_when_the_console_reader_goes_away(tmp_path: Pa
     run_dir = _run_dir(tmp_path)
     assert (run_dir / "models" / "model_ep4.json").exists()
     assert "Episode 4/4" in (run_dir / "logs" / "finsense.log").read_text()
+
+
+def test_guide_config_file_verbose_and_version_flags(tmp_path: Path, train_cmd) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "checkpoints:\n  save_frequency: 1\n  max_keep: 2\nagent:\n  learning_rate: 0.0005\n"
+    )
+    proc = train_cmd("--config", "config.yaml", "--episodes", "3", "--verbose")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    assert "agent.learning_rate=0.0005" in run_dir.name  # part of the experiment's identity
+    assert "checkpoints" not in run_dir.name  # how to save is not
+    models = run_dir / "models"
+    assert sorted(p.name for p in models.glob("model_ep*.json")) == [
+        "model_ep2.json",
+        "model_ep3.json",
+    ]
+    assert "saved models/model_ep3.pt" in proc.stdout  # a DEBUG line: --verbose
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "checkpoints.max_keep=2" in overrides
+    # Raising episodes (here on the command line) extends the same run.
+    more = train_cmd("--config", "config.yaml", "--episodes", "4")
+    assert "Auto-resuming from episode 3" in more.stdout
+    assert len(list((tmp_path / "outputs").iterdir())) == 1
+
+    version = train_cmd("--version")
+    assert version.returncode == 0 and version.stdout.startswith("finsense 0.1.0 (torch ")
