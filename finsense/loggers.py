@@ -14,6 +14,7 @@ so the points up to a checkpoint are never lost with the process.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from finsense.errors import FinSenseError
+from finsense.errors import ConfigError, FinSenseError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,28 @@ log = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tb"
 #: Row keys that are not metrics of the episode.
 NOT_LOGGED: frozenset[str] = frozenset({"episode"})
+#: The ``logger=`` values :func:`open_logger` knows.
+LOGGER_KINDS: tuple[str, ...] = ("csv", "tensorboard")
 MISSING_TENSORBOARD = (
-    "logger=tensorboard needs tensorboard: pip install 'finsense[tensorboard]' (or use logger=csv)"
+    "logger=tensorboard needs the tensorboard extra: pip install 'finsense[tensorboard]' "
+    "(or use logger=csv)"
 )
+
+
+def check_logger_available(kind: str) -> None:
+    """Refuse ``logger=<kind>`` before any work when what it needs is not installed.
+
+    Cheap: the package is looked up (``importlib.util.find_spec``), not imported, so a run pays
+    nothing for the check; without it a missing extra surfaced only when the first episode was
+    logged, after the run directory had been started.
+
+    Raises:
+        ConfigError: one line saying how to install what is missing, or an unknown ``kind``.
+    """
+    if kind not in LOGGER_KINDS:
+        raise ConfigError(f"logger must be {' or '.join(LOGGER_KINDS)}, got {kind!r}")
+    if kind == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(MISSING_TENSORBOARD)
 
 
 class TensorBoardLogger:

@@ -325,9 +325,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     from finsense.checkpoint import CheckpointManager, RunLock
     from finsense.device import resolve_device, set_torch_threads
     from finsense.envs.trading import TradingEnv
+    from finsense.loggers import check_logger_available
     from finsense.trainer import Trainer, TrainSettings, resume_path, seed_everything
 
     validate(cfg)
+    check_logger_available(str(cfg.logger))
     check_run_dir_layout(run_dir)
     device = resolve_device(cfg.device)
     if str(cfg.resume) not in ("auto", "never"):

@@ -497,6 +497,11 @@ class Trainer:
                         self._rel(result.last_checkpoint or self.run_dir),
                     )
                     break
+        if result.interrupted_by is None and result.last_episode == total:
+            # A finished run that taught the agent nothing would otherwise pass unnoticed; what
+            # counts as "nothing" belongs to the algorithm, so the agent says (if it can).
+            for warning in getattr(self.agent, "training_warnings", lambda: [])():
+                log.warning("%s", warning)
         result.best = self.manager.best()
         return result
 
@@ -594,7 +599,8 @@ class Trainer:
                 )
                 bar.update(1)
 
-            yield update
+            with _console_through_bar():
+                yield update
         finally:
             bar.close()
 
@@ -611,3 +617,55 @@ def _file_only(message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
+
+
+class _BarWriteHandler(logging.Handler):
+    """Stands in for a console handler while the progress bar is drawn.
+
+    Formats each record as the console handler would, then writes it with ``tqdm.write``: that
+    clears the bar's line first and draws the bar again below the message. Written directly, a
+    record would land after the bar's ``\r``-drawn text, on the bar's own line.
+    """
+
+    def __init__(self, console: logging.StreamHandler[Any]) -> None:
+        super().__init__(console.level)
+        self.console = console
+        self.filters = console.filters  # the same list: a filter added later applies too
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.console.format(record), file=self.console.stream)
+            self.console.flush()
+        except Exception:
+            self.console.handleError(record)  # its own policy (a reader gone: quiet)
+
+
+@contextmanager
+def _console_through_bar() -> Iterator[None]:
+    """Route the root logger's console handlers through :class:`_BarWriteHandler` for the block.
+
+    Console handlers are the stream handlers on ``sys.stdout``/``sys.stderr`` (the bar's terminal;
+    tqdm treats the two as one), as Hydra's is; file handlers and any other handler (pytest's
+    capture) are left alone. Each is swapped in place and swapped back on exit, so handlers others
+    add or remove meanwhile are kept. (tqdm's ``logging_redirect_tqdm`` restores the whole handler
+    list it saw on entry and drops the handlers' levels and filters.)
+    """
+    root = logging.getLogger()
+    swaps: list[tuple[logging.StreamHandler[Any], _BarWriteHandler]] = []
+    for i, handler in enumerate(root.handlers):
+        if (
+            isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and handler.stream in (sys.stdout, sys.stderr)
+        ):
+            stand_in = _BarWriteHandler(handler)
+            root.handlers[i] = stand_in
+            swaps.append((handler, stand_in))
+    try:
+        yield
+    finally:
+        for handler, stand_in in swaps:
+            if stand_in in root.handlers:
+                root.handlers[root.handlers.index(stand_in)] = handler

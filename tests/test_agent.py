@@ -505,3 +505,61 @@ def test_config_values_out_of_range_are_config_errors(
 
 def test_config_takes_hidden_sizes_as_a_list() -> None:
     assert DQNConfig(hidden_sizes=[32, 16]).hidden_sizes == (32, 16)  # type: ignore[arg-type]
+
+
+# -- too little training to learn anything (issue 17) -------------------------------------------
+def test_gradient_steps_count_the_gradient_steps_taken_and_survive_a_restart() -> None:
+    agent = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 120)
+    # Steps 50, 52, ..., 120 train (learning_starts=50, train_freq=2): 36 rounds of one step.
+    assert agent.gradient_steps == 36
+    state = roundtrip(agent.state_dict())
+    restored = DQNAgent(OBS_DIM, 2, SMALL, seed=5)
+    restored.load_state_dict(state)
+    assert restored.gradient_steps == 36
+    # A checkpoint written before the counter existed: derived from its steps and the config.
+    del state["training"]["gradient_steps"]
+    older = DQNAgent(OBS_DIM, 2, SMALL, seed=5)
+    older.load_state_dict(state)
+    assert older.gradient_steps == 36
+
+
+def test_no_gradient_step_is_one_warning_naming_the_keys_to_change() -> None:
+    config = DQNConfig(learning_starts=1000, hidden_sizes=(8,), exploration_steps=100)
+    agent = DQNAgent(OBS_DIM, 2, config, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 120)
+    assert agent.gradient_steps == 0
+    (warning,) = agent.training_warnings()
+    assert "no gradient step in 120 env steps (agent.learning_starts=1000)" in warning
+    assert "episodes" in warning and "env.episode_length" in warning
+    assert "lower agent.learning_starts" in warning and "\n" not in warning
+
+
+def test_exploration_still_near_its_start_is_one_warning_naming_the_schedule_keys() -> None:
+    # 20 episodes x 50 steps with the shipped defaults: one gradient step, epsilon 0.9525.
+    config = DQNConfig(learning_starts=100, hidden_sizes=(8,), exploration_steps=20_000)
+    agent = DQNAgent(OBS_DIM, 2, config, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 120)
+    assert agent.gradient_steps > 0
+    (warning,) = agent.training_warnings()
+    assert "epsilon is still 0.994" in warning and "agent.exploration_steps=20000" in warning
+    assert "lower agent.exploration_steps" in warning and "\n" not in warning
+
+
+def test_both_problems_make_a_single_warning() -> None:
+    config = DQNConfig(learning_starts=1000, hidden_sizes=(8,), exploration_steps=20_000)
+    agent = DQNAgent(OBS_DIM, 2, config, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 120)
+    (warning,) = agent.training_warnings()
+    assert "agent.learning_starts" in warning and "agent.exploration_steps" in warning
+
+
+def test_a_run_that_learned_and_explored_has_no_warning() -> None:
+    agent = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 400)  # epsilon 0.24 of the way 1 -> 0.05
+    assert agent.training_warnings() == []
+    # A constant epsilon is a choice, not an unfinished schedule.
+    constant = DQNConfig(learning_starts=10, epsilon_start=0.5, epsilon_end=0.5)
+    agent = DQNAgent(OBS_DIM, 2, constant, seed=0)
+    run_steps(agent, TradingEnv(**ENV_KWARGS), 60)
+    assert agent.training_warnings() == []

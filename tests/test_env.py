@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
+import pandas as pd
 import pytest
 from gymnasium.utils.env_checker import check_env
 
@@ -294,3 +296,61 @@ def test_window_longer_than_the_data_is_a_data_error_naming_the_source() -> None
         DataError, match=r"hand-made: too few rows for the train split with window_size=5"
     ):
         TradingEnv(prices(1.0, 2.0, 3.0, 4.0, 5.0, 6.0), window_size=5)
+
+
+# -- data= as a path or a DataFrame (issue 17) ---------------------------------------------------
+SAMPLE_CSV = Path(finsense.__file__).parent / "data" / "samples" / "STOCKS_GOOGL.csv"
+
+
+def frame(close: list[float], start: str = "2021-01-04") -> pd.DataFrame:
+    """A small daily price table in the CSV's layout (Date, Close)."""
+    return pd.DataFrame({"Date": pd.date_range(start, periods=len(close)), "Close": close})
+
+
+@pytest.mark.parametrize("as_type", [str, Path])
+def test_make_accepts_a_csv_path_and_reads_it_like_the_file_source(as_type: type) -> None:
+    env = gymnasium.make(TRADING_ENV_ID, data=as_type(SAMPLE_CSV), window_size=10)
+    same = TradingEnv({"source": "file", "path": str(SAMPLE_CSV)}, window_size=10)
+    np.testing.assert_array_equal(env.unwrapped.data.close, same.data.close)
+    np.testing.assert_array_equal(env.unwrapped.data.dates, same.data.dates)
+    assert env.unwrapped.data.source == str(SAMPLE_CSV)
+    assert env.unwrapped.test_fraction == 0.2
+    env.reset(seed=0)
+
+
+def test_make_accepts_a_parquet_path(tmp_path: Path) -> None:
+    path = tmp_path / "prices.parquet"
+    frame([float(p) for p in range(100, 160)]).to_parquet(path)
+    env = gymnasium.make(TRADING_ENV_ID, data=str(path), window_size=5)
+    assert len(env.unwrapped.data) == 60 and env.unwrapped.data.close[0] == 100.0
+
+
+def test_make_accepts_a_dataframe_with_dates_in_a_column_or_the_index() -> None:
+    close = [100.0 + i + (i % 3) for i in range(40)]
+    env = gymnasium.make(TRADING_ENV_ID, data=frame(close), window_size=5, split="all")
+    np.testing.assert_array_equal(env.unwrapped.data.close, close)
+    assert env.unwrapped.data.dates[0] == np.datetime64("2021-01-04")
+    indexed = TradingEnv(frame(close).set_index("Date"), window_size=5, split="all")
+    np.testing.assert_array_equal(indexed.data.dates, env.unwrapped.data.dates)
+    env.reset(seed=0)
+    env.step(1)
+
+
+def test_a_bad_dataframe_is_the_same_data_error_as_a_bad_file() -> None:
+    bad = frame([100.0, 101.0, -5.0, 102.0])
+    with pytest.raises(DataError, match=r"column 'Close' has a price that is not positive .*row 3"):
+        TradingEnv(bad)
+    with pytest.raises(DataError, match=r"no column 'Close' \(columns found: 'Date', 'Price'\)"):
+        TradingEnv(bad.rename(columns={"Close": "Price"}))
+
+
+def test_a_path_of_another_type_or_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        TradingEnv(str(tmp_path / "prices.txt"))
+    with pytest.raises(DataError, match="file not found"):
+        TradingEnv(tmp_path / "prices.csv")
+
+
+def test_data_of_an_unknown_type_is_a_config_error_naming_the_accepted_forms() -> None:
+    with pytest.raises(ConfigError, match=r"env.data must be .*path.*DataFrame.*got list"):
+        TradingEnv([1.0, 2.0, 3.0])  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -9,8 +10,13 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from finsense.errors import FinSenseError
-from finsense.loggers import TENSORBOARD_DIR, TensorBoardLogger, open_logger
+from finsense.errors import ConfigError, FinSenseError
+from finsense.loggers import (
+    TENSORBOARD_DIR,
+    TensorBoardLogger,
+    check_logger_available,
+    open_logger,
+)
 
 
 def row(episode: int, session: int) -> dict[str, float | int | str]:
@@ -94,3 +100,34 @@ def test_missing_tensorboard_is_one_clear_line(
         TensorBoardLogger(tmp_path / "tb")
     message = str(info.value)
     assert "\n" not in message and "pip install 'finsense[tensorboard]'" in message
+
+
+# -- checked before any work (issue 17) ----------------------------------------------------------
+def test_check_logger_available_refuses_a_missing_tensorboard_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    asked: list[str] = []
+
+    def find_spec(name: str, *args: object) -> object:
+        asked.append(name)
+        return None if name == "tensorboard" else real(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError) as info:
+        check_logger_available("tensorboard")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("logger=tensorboard needs the tensorboard extra: pip install ")
+    assert "finsense[tensorboard]" in message
+    assert asked == ["tensorboard"]  # found by its spec: nothing heavy was imported to tell
+
+
+def test_check_logger_available_passes_csv_and_an_installed_tensorboard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_logger_available("tensorboard")  # installed in the dev environment
+    monkeypatch.setattr(importlib.util, "find_spec", lambda *a: None)
+    check_logger_available("csv")  # needs nothing beyond metrics.csv, whatever is installed
+    with pytest.raises(ConfigError, match="logger must be csv or tensorboard, got 'wandb'"):
+        check_logger_available("wandb")

@@ -28,6 +28,11 @@ from finsense.agents.optim import FlatAdam
 from finsense.device import resolve_device
 from finsense.errors import CheckpointError, ConfigError
 
+#: :meth:`DQNAgent.training_warnings` warns when epsilon is still this much of the way from
+#: ``epsilon_end`` back to ``epsilon_start`` at the end of a run: the policy acted mostly at
+#: random, so its results say little about what it learned.
+EXPLORATION_WARN_FRACTION = 0.9
+
 
 @dataclass(frozen=True)
 class DQNConfig:
@@ -164,6 +169,7 @@ class DQNAgent:
         self.buffer = ReplayBuffer(config.buffer_size, obs_dim, self.device)
         self._steps = 0
         self._episodes = 0
+        self._gradient_steps = 0
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -175,6 +181,11 @@ class DQNAgent:
     def episodes(self) -> int:
         """Episodes ended so far (:meth:`end_episode` calls)."""
         return self._episodes
+
+    @property
+    def gradient_steps(self) -> int:
+        """Gradient steps taken so far (:meth:`learn` calls, restarts included)."""
+        return self._gradient_steps
 
     @property
     def epsilon(self) -> float:
@@ -261,6 +272,7 @@ class DQNAgent:
         if scale < 1.0:
             self._grads.mul_(scale)
         self.optimizer.step()
+        self._gradient_steps += 1
         return float(loss) / n
 
     def sync_target(self) -> None:
@@ -283,10 +295,10 @@ class DQNAgent:
         """Everything needed to continue exactly: ``{"policy": ..., "training": ...}``.
 
         ``policy`` is :meth:`policy_state_dict`. ``training`` holds the target network, the Adam
-        state, the replay buffer (filled rows, position, fill), the step and episode counters,
-        epsilon (for reading; it follows from the steps), and the states of the agent's generator
-        and of the global python ``random``, numpy and torch (and CUDA) generators. All of it is
-        tensors and plain Python values, copied: later training does not change it.
+        state, the replay buffer (filled rows, position, fill), the step, episode and gradient step
+        counters, epsilon (for reading; it follows from the steps), and the states of the agent's
+        generator and of the global python ``random``, numpy and torch (and CUDA) generators. All
+        of it is tensors and plain Python values, copied: later training does not change it.
         """
         return {
             "policy": self.policy_state_dict(),
@@ -296,6 +308,7 @@ class DQNAgent:
                 "buffer": self.buffer.state_dict(),
                 "steps": self._steps,
                 "episodes": self._episodes,
+                "gradient_steps": self._gradient_steps,
                 "epsilon": self.epsilon,
                 "rng": {
                     "agent": self._rng.bit_generator.state,
@@ -327,9 +340,57 @@ class DQNAgent:
         self.optimizer.load_state_dict(training["optimizer"])
         self._steps = int(training["steps"])
         self._episodes = int(training["episodes"])
+        saved = training.get("gradient_steps")
+        # Checkpoints written before the counter existed: what observe() would have run.
+        self._gradient_steps = self._scheduled_gradient_steps() if saved is None else int(saved)
         rng = training["rng"]
         self._rng.bit_generator.state = rng["agent"]
         _set_global_rng_state(rng, self.device)
+
+    def _scheduled_gradient_steps(self) -> int:
+        """The gradient steps :meth:`observe` takes over :attr:`steps` under this config."""
+        cfg = self.config
+        first = max(cfg.learning_starts, 1)
+        if self._steps < first:
+            return 0
+        rounds = self._steps // cfg.train_freq - (first - 1) // cfg.train_freq
+        return rounds * cfg.gradient_steps
+
+    def training_warnings(self) -> list[str]:
+        """Why this agent's training so far may have taught it little: at most one line.
+
+        The trainer logs it when a run completes. Two signs, both of a run too short for the
+        schedule (a quick try with the defaults): no gradient step at all (the first comes at
+        ``learning_starts`` steps), or epsilon still more than
+        :data:`EXPLORATION_WARN_FRACTION` of the way back to ``epsilon_start`` (mostly random
+        actions). Each names the keys that fix it.
+        """
+        cfg = self.config
+        problems: list[str] = []
+        fixes: list[str] = []
+        if self._gradient_steps == 0:
+            problems.append(
+                f"no gradient step in {self._steps} env steps "
+                f"(agent.learning_starts={cfg.learning_starts})"
+            )
+            fixes.append("agent.learning_starts")
+        span = cfg.epsilon_start - cfg.epsilon_end
+        # A constant (or rising) epsilon is a deliberate choice, not a schedule left unfinished.
+        if span > 0 and (self.epsilon - cfg.epsilon_end) / span > EXPLORATION_WARN_FRACTION:
+            problems.append(
+                f"epsilon is still {self.epsilon:.3f} after {self._steps} env steps "
+                f"(agent.epsilon_start={cfg.epsilon_start} -> agent.epsilon_end="
+                f"{cfg.epsilon_end} over agent.exploration_steps={cfg.exploration_steps}), "
+                "so the agent acted mostly at random"
+            )
+            fixes.append("agent.exploration_steps")
+        if not problems:
+            return []
+        return [
+            " and ".join(problems)
+            + "; raise episodes or env.episode_length, or lower "
+            + " and ".join(fixes)
+        ]
 
     def _check_arch(self, arch: Mapping[str, Any]) -> None:
         mine = self.q_network.arch

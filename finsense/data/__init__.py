@@ -12,6 +12,7 @@ from finsense.data.loader import (
     available_samples,
     load_market_data,
     load_prices,
+    prices_from_frame,
     sample_prices,
 )
 from finsense.data.market import MarketData, split_by_time
@@ -23,6 +24,7 @@ __all__ = [
     "available_samples",
     "load_market_data",
     "load_prices",
+    "prices_from_frame",
     "sample_prices",
     "split_by_time",
     "synthetic_prices",

@@ -136,12 +136,52 @@ def load_prices(
     if not path.is_file():
         raise DataError(f"{path}: file not found; check env.data.path (relative to {Path.cwd()})")
     frame, where = _read_frame(path, date_column)
+    return _validated(frame, where, str(path), date_column, close_column, min_rows)
 
+
+def prices_from_frame(
+    frame: pd.DataFrame,
+    date_column: str = "Date",
+    close_column: str = "Close",
+    *,
+    min_rows: int = 2,
+) -> MarketData:
+    """Daily close prices from a pandas DataFrame, validated exactly as :func:`load_prices`.
+
+    Args:
+        frame: one row per date; the dates in ``date_column`` or in an index of that name (a
+            date-indexed frame, as ``df.set_index("Date")`` gives).
+        date_column: the column (or index) holding dates.
+        close_column: the column holding close prices.
+        min_rows: the fewest rows accepted.
+
+    Raises:
+        DataError: as :func:`load_prices`; messages name the source ``DataFrame`` and the 1-based
+            row position.
+    """
+    from_index = date_column not in frame.columns and date_column in frame.index.names
+    # Positions, not the frame's own labels, name rows in messages: a label may be anything.
+    table = frame.reset_index(drop=not from_index)
+    return _validated(
+        table, lambda i: f"row {i + 1}", "DataFrame", date_column, close_column, min_rows
+    )
+
+
+def _validated(
+    frame: pd.DataFrame,
+    where: Callable[[int], str],
+    source: str,
+    date_column: str,
+    close_column: str,
+    min_rows: int,
+) -> MarketData:
+    """The prices of ``frame`` after every check of :func:`load_prices`; ``source`` names it
+    in messages and ``where`` names a row by its index label."""
     for column, key in ((date_column, "date_column"), (close_column, "close_column")):
         if column not in frame.columns:
             found = ", ".join(repr(str(c)) for c in frame.columns) or "none"
             raise DataError(
-                f"{path}: no column {column!r} (columns found: {found}); "
+                f"{source}: no column {column!r} (columns found: {found}); "
                 f"set env.data.{key} to the name of the {key.split('_')[0]} column"
             )
 
@@ -153,7 +193,7 @@ def load_prices(
         raw = raw_dates.iloc[i]
         what = "an empty date" if _is_blank(raw) else f"an unparsable date {raw!r}"
         raise DataError(
-            f"{path}: column {date_column!r} has {what} at {where(frame.index[i])}; "
+            f"{source}: column {date_column!r} has {what} at {where(frame.index[i])}; "
             "write every date in one format, e.g. 2009-05-22"
         )
 
@@ -180,7 +220,7 @@ def load_prices(
         else:
             what = f"a price that is not positive ({raw!r})"
         raise DataError(
-            f"{path}: column {close_column!r} has {what} at {at(i)}; "
+            f"{source}: column {close_column!r} has {what} at {at(i)}; "
             "every price must be a positive number: fix or remove that row"
         )
 
@@ -191,19 +231,19 @@ def load_prices(
             i = int(np.argmax(step_back)) + 1
             if stamps[i] == stamps[i - 1]:
                 raise DataError(
-                    f"{path}: column {date_column!r} repeats the date at {at(i)} "
+                    f"{source}: column {date_column!r} repeats the date at {at(i)} "
                     f"(also at {where(frame.index[i - 1])}); keep one row per date"
                 )
             raise DataError(
-                f"{path}: column {date_column!r} is not sorted: {at(i)} comes after "
+                f"{source}: column {date_column!r} is not sorted: {at(i)} comes after "
                 f"{at(i - 1)}; sort the rows by date, oldest first"
             )
 
     if len(close) < min_rows:
         raise DataError(
-            f"{path}: has {len(close)} price rows, needs at least {min_rows}; use a longer file"
+            f"{source}: has {len(close)} price rows, needs at least {min_rows}; use a longer file"
         )
-    return MarketData(dates=stamps, close=close, source=str(path))
+    return MarketData(dates=stamps, close=close, source=source)
 
 
 def available_samples() -> tuple[str, ...]:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
 from finsense import metrics
-from finsense.data import MarketData, load_market_data
+from finsense.data import MarketData, load_market_data, load_prices, prices_from_frame
 from finsense.data.market import n_test_rows
 from finsense.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: ``split`` values: the rows an env trades over.
 SPLITS = ("train", "test", "all")
@@ -36,6 +41,38 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _market_data(data: Any) -> tuple[MarketData, float]:
+    """The prices ``data`` names and the test fraction that goes with them.
+
+    ``gymnasium.make(..., data=...)`` users pass a file path or a DataFrame as often as the
+    ``env.data`` mapping the trainer passes, so each is read through the loader's validation.
+    Only the mapping can carry a ``test_fraction``; the other forms use the default.
+    """
+    if isinstance(data, MarketData):
+        return data, DEFAULT_TEST_FRACTION
+    if isinstance(data, str | os.PathLike):
+        return load_prices(Path(data)), DEFAULT_TEST_FRACTION
+    if _is_dataframe(data):
+        return prices_from_frame(data), DEFAULT_TEST_FRACTION
+    if data is None or isinstance(data, Mapping):
+        given = (data or {}).get("test_fraction")
+        test_fraction = DEFAULT_TEST_FRACTION if given is None else float(given)
+        return load_market_data(data), test_fraction
+    raise ConfigError(
+        "env.data must be an env.data mapping, a path to a .csv or .parquet file, a pandas "
+        f"DataFrame or a MarketData, got {type(data).__name__}"
+    )
+
+
+def _is_dataframe(value: Any) -> bool:
+    # Checked by name first so that an env built from a mapping never imports pandas for it.
+    if type(value).__name__ != "DataFrame":
+        return False
+    import pandas as pd
+
+    return isinstance(value, pd.DataFrame)
 
 
 class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
@@ -86,8 +123,11 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     Args:
         data: a MarketData, an ``env.data`` config mapping (see
-            :func:`finsense.data.load_market_data`; its ``test_fraction`` sets the split) or None
-            for the synthetic default.
+            :func:`finsense.data.load_market_data`; its ``test_fraction`` sets the split), a path
+            to a ``.csv`` or ``.parquet`` file (:func:`finsense.data.load_prices`), a pandas
+            DataFrame with ``Date`` and ``Close`` columns (or a ``Date`` index;
+            :func:`finsense.data.prices_from_frame`), or None for the synthetic default. A path or
+            DataFrame uses ``test_fraction`` 0.2.
         split: ``train``, ``test`` or ``all``.
         window_size: past log returns in each observation, >= 1.
         episode_length: steps per episode, >= 1, or None for the whole split.
@@ -105,7 +145,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     def __init__(
         self,
-        data: MarketData | Mapping[str, Any] | None = None,
+        data: MarketData | Mapping[str, Any] | str | os.PathLike[str] | pd.DataFrame | None = None,
         split: str = "train",
         window_size: int = 30,
         episode_length: int | None = None,
@@ -152,12 +192,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             render_mode,
         )
 
-        if isinstance(data, MarketData):
-            market, test_fraction = data, DEFAULT_TEST_FRACTION
-        else:
-            market = load_market_data(data)
-            given = (data or {}).get("test_fraction")
-            test_fraction = DEFAULT_TEST_FRACTION if given is None else float(given)
+        market, test_fraction = _market_data(data)
 
         self.data = market
         self.split = split

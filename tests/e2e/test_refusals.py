@@ -73,10 +73,10 @@ def test_a_second_trainer_refused_as_in_use_changes_nothing(
 ) -> None:
     at = f"hydra.run.dir={finished}"
     first = start_train("episodes=400", at)
-    wait_for(lambda: "episodes: 400" in (finished / ".hydra" / "config.yaml").read_text())
+    wait_for(lambda: (finished / ".finsense.lock").read_text().strip() == str(first.pid))
+    assert "episodes: 400" in (finished / ".hydra" / "config.yaml").read_text()
     record = (finished / ".hydra" / "config.yaml").read_bytes()
     pid = (finished / ".finsense.lock").read_text().strip()
-    assert pid == str(first.pid)
     second = train_cmd("episodes=9000", at)
     assert second.returncode == 3, second.stdout + second.stderr
     assert f"in use by another FinSense process (pid {first.pid})" in second.stdout
