@@ -66,6 +66,17 @@ def quiet_on_closed_stdout(main: Callable[P, int]) -> Callable[P, int]:
     return wrapper
 
 
+class BelowLevel(logging.Filter):
+    """Passes records below ``level`` only: the stdout handler leaves warnings to stderr's."""
+
+    def __init__(self, level: int | str = logging.WARNING) -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level) if isinstance(level, str) else level
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return record.levelno < self.level
+
+
 class ConsoleHandler(logging.StreamHandler):
     """The console log handler of ``finsense.train`` (named in conf/hydra/job_logging).
 

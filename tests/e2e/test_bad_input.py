@@ -161,7 +161,7 @@ def test_a_best_model_with_an_infinite_metric_is_set_aside_and_rebuilt(
     best.write_text(json.dumps(meta))  # json writes Infinity, which Python reads back
     proc = train_cmd("episodes=8", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "best_model.json: unreadable JSON or no finite metric_value; set aside" in proc.stdout
+    assert "best_model.json: unreadable JSON or no finite metric_value; set aside" in proc.stderr
     assert (run_dir / "models" / "best_model.json.corrupt").exists()
     rebuilt = json.loads(best.read_text())
     profits = [

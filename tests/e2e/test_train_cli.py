@@ -208,7 +208,7 @@ def test_structural_drift_is_refused_and_other_drift_is_logged(tmp_path: Path, t
     assert "Traceback" not in combined
     changed = train_cmd("episodes=4", fixed, "agent.learning_rate=0.0005")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert "changed since the checkpoint: agent.learning_rate: 0.001 -> 0.0005" in changed.stdout
+    assert "changed since the checkpoint: agent.learning_rate: 0.001 -> 0.0005" in changed.stderr
 
 
 def test_resume_from_a_named_checkpoint_of_another_run_archives_this_runs_history(
@@ -221,7 +221,7 @@ def test_resume_from_a_named_checkpoint_of_another_run_archives_this_runs_histor
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resuming from episode 4:" in again.stdout
     assert "Resuming training from episode 5/6" in again.stdout
-    assert "this run's previous history moved to models/archive/" in again.stdout
+    assert "this run's previous history moved to models/archive/" in again.stderr
     branch = _run_dir(tmp_path, "branch")
     (archive,) = (branch / "models" / "archive").iterdir()
     assert (archive / "model_ep2.pt").exists() and (archive / "metrics.csv").exists()
@@ -244,7 +244,7 @@ def test_going_back_to_an_earlier_checkpoint_archives_the_abandoned_future(
     back = train_cmd("episodes=8", "--resume", "models/model_ep4.pt")
     assert back.returncode == 0, back.stdout + back.stderr
     assert "Resuming from episode 4: models/model_ep4.pt" in back.stdout
-    assert "checkpoints after episode 4 moved to models/archive/" in back.stdout
+    assert "checkpoints after episode 4 moved to models/archive/" in back.stderr
     (archive,) = (models / "archive").iterdir()
     assert {p.name for p in archive.glob("model_ep*.json")} == {
         "model_ep6.json",
@@ -442,3 +442,18 @@ def test_guide_config_file_verbose_and_version_flags(tmp_path: Path, train_cmd) 
 
     version = train_cmd("--version")
     assert version.returncode == 0 and version.stdout.startswith("finsense 0.1.0 (torch ")
+
+
+def test_errors_and_warnings_go_to_stderr_progress_to_stdout(tmp_path: Path, train_cmd) -> None:
+    refused = train_cmd("checkpoints.max_keep=0")
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert refused.stderr.strip() == "ERROR: checkpoints.max_keep must be >= 1, got 0"
+
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    assert train_cmd("episodes=2", run).returncode == 0
+    changed = train_cmd("episodes=3", run, "agent.learning_rate=0.002")
+    assert changed.returncode == 0, changed.stderr
+    assert "Episode 3/3" in changed.stdout and "WARNING" not in changed.stdout
+    assert "WARNING: changed since the checkpoint: agent.learning_rate" in changed.stderr
+    assert "Episode" not in changed.stderr
