@@ -2,7 +2,7 @@
 
 Finds every run directory below each DIR (default: ``outputs/`` and ``multirun/`` under the
 current directory) and reports how far it got, its latest checkpoint, its best metric, when it
-last changed and whether it is running, interrupted, complete, damaged or empty.
+last changed and whether it is running, interrupted, complete, failed, damaged or empty.
 
 This is the fast path: it reads directory listings and small JSON/YAML/CSV files only. It never
 imports torch and never verifies checksums (``finsense.checkpoint`` does that when a run resumes),
@@ -33,6 +33,7 @@ from typing import Any
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.lockfile import lock_held
+from finsense.sweeps import FAILED_MARKER, failed_error
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ class RunStatus:
         best_episode: the episode of the best checkpoint, or ``None``.
         updated_at: last update, local time: the newest checkpoint's ``written_at`` or the mtime of
             ``metrics.csv``, whichever is later; ``None`` when the run has written neither.
-        state: ``running``, ``running (damaged)``, ``damaged``, ``complete``, ``interrupted`` or
-            ``empty``.
+        state: ``running``, ``running (damaged)``, ``failed`` (a sweep job whose last run failed),
+            ``damaged``, ``complete``, ``interrupted`` or ``empty``.
         corrupt_files: names of the ``*.corrupt`` files in ``models/``, sorted.
     """
 
@@ -114,7 +115,12 @@ def find_run_dirs(root: Path) -> Iterator[Path]:
             log.debug("cannot list %s: %s", here, exc)
             continue
         names = {e.name for e in entries}
-        is_run = "models" in names or ".hydra" in names or (here / "metrics.csv").is_file()
+        is_run = (
+            "models" in names
+            or ".hydra" in names
+            or (here / "metrics.csv").is_file()
+            or (here / FAILED_MARKER).is_file()
+        )
         if is_run:
             yield here
         stack.extend(
@@ -256,6 +262,8 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
 
     if running:
         state = "running (damaged)" if corrupt else "running"
+    elif failed_error(run_dir) is not None:
+        state = "failed"  # its last run (a sweep job) failed: finsense-failed.json says why
     elif corrupt:
         state = "damaged"
     elif latest is None:

@@ -235,23 +235,70 @@ def check_output_path(path: str | os.PathLike[str]) -> None:
             )
 
 
-class OutputDirCheck(Callback):
-    """Hydra callback: the run (or sweep) directory can be made, checked before Hydra makes it
-    (Hydra's own failure would be a raw ``NotADirectoryError``)."""
+class RunCallback(Callback):
+    """Hydra callback of the ``python -m finsense.train`` process, run or sweep.
+
+    Before Hydra makes the run (or sweep) directory: a file standing in its way is one line
+    (Hydra's own failure would be a raw ``NotADirectoryError``). Before a sweep launches any job:
+    sweeping a key left out of run-directory names is refused (the jobs would merge), and the
+    invocation gets an id its jobs record in the sweep's manifest. After the sweep: one line per
+    failed job and a non-zero exit, so a script or CI pipeline sees the failure.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
-        self._check(config.hydra.run.dir)
+        _refuse_on_error(check_output_path, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
-        self._check(config.hydra.sweep.dir)
+        from finsense import sweeps
 
-    @staticmethod
-    def _check(path: str) -> None:
-        try:
-            check_output_path(path)
-        except FinSenseError as err:
-            sys.stderr.write(f"ERROR: {err}\n")
-            sys.exit(err.exit_code)
+        _refuse_on_error(check_output_path, config.hydra.sweep.dir)
+        excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
+        message = sweeps.unsweepable(_swept_keys(config), excluded)
+        if message is not None:
+            sys.stderr.write(f"ERROR: {message}\n")
+            sys.exit(2)
+        self.invocation = sweeps.start_invocation()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        from finsense import sweeps
+
+        invocation = getattr(self, "invocation", None)
+        if invocation is None:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = sweeps.last_events(sweeps.read_manifest(sweep_dir), invocation)
+        failed = {job: e for job, e in jobs.items() if e.get("event") == "failed"}
+        if not failed:
+            return
+        for job, event in sorted(failed.items()):
+            sys.stderr.write(f"FAILED {sweep_dir / job}: {event.get('error')}\n")
+        sys.stderr.write(
+            f"ERROR: {len(failed)} of {len(jobs)} sweep jobs failed (see above); fix the cause "
+            "and run the same command again: finished jobs end at once, the rest resume\n"
+        )
+        sys.stderr.flush()
+        sys.exit(1)
+
+
+def _refuse_on_error(check: Any, *args: Any) -> None:
+    try:
+        check(*args)
+    except FinSenseError as err:
+        sys.stderr.write(f"ERROR: {err}\n")
+        sys.exit(err.exit_code)
+
+
+def _swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: overrides with several values (``seed=0,1``, ``range(...)``)
+    and an optuna-style sweeper's search space (``hydra.sweeper.params``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    if isinstance(params, DictConfig):
+        keys.extend(str(k) for k in params)
+    return keys
 
 
 class _RunRecord:
@@ -496,17 +543,56 @@ def hydra_main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     _format_console()
+    job = _SweepJob(run_dir, hydra_cfg) if multirun else None
     try:
-        return train(cfg, run_dir)
+        value = train(cfg, run_dir)
     except FinSenseError as err:
         log.error("%s", err)
-        if multirun:
-            # One bad job must not take the rest of the sweep down; its error is in its log.
+        if job is not None:
+            # One bad job must not take the rest of the sweep down: it is recorded, and the
+            # sweep's process reports every failed job and exits non-zero at the end.
+            job.failed(str(err))
             return math.nan
         _remove_if_empty(run_dir)
         sys.exit(err.exit_code)
     except _InterruptedError as stop:
+        if job is not None:
+            job.finished("interrupted")
         sys.exit(stop.exit_code)
+    if job is not None:
+        job.finished("complete")
+    return value
+
+
+class _SweepJob:
+    """One sweep job's entries in the sweep's manifest and its failure marker."""
+
+    def __init__(self, run_dir: Path, hydra_cfg: Any) -> None:
+        from finsense import sweeps
+
+        self.sweeps = sweeps
+        self.run_dir = run_dir
+        self.sweep_dir = Path(str(hydra_cfg.sweep.dir)).absolute()
+        self.overrides = list(hydra_cfg.overrides.task)
+        self._record("started")
+
+    def _record(self, event: str, error: str | None = None) -> None:
+        try:
+            self.sweeps.record(
+                self.sweep_dir, self.run_dir, event, overrides=self.overrides, error=error
+            )
+        except OSError as exc:  # the job's own result matters more than its manifest line
+            log.warning("%s: cannot record the job (%s)", self.sweep_dir, exc.strerror or exc)
+
+    def failed(self, error: str) -> None:
+        """The job was refused or failed with ``error`` (one line)."""
+        self.sweeps.mark_failed(self.run_dir, error)
+        self._record("failed", error)
+
+    def finished(self, event: str) -> None:
+        """The job ran: ``complete`` (or already complete) or ``interrupted``."""
+        self.sweeps.clear_failed(self.run_dir)
+        self._record(event)
 
 
 def _remove_if_empty(run_dir: Path) -> None:
