@@ -309,11 +309,12 @@ def run_env_kwargs(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     return env
 
 
-def _select_checkpoint(
-    run_dir: Path, config: Mapping[str, Any], checkpoint: str | Path
+def select_checkpoint(
+    run_dir: Path, config: Mapping[str, Any], checkpoint: str | Path, *, doing: str = "evaluating"
 ) -> tuple[CheckpointManager, CheckpointInfo | Path]:
     """The CheckpointInfo or path ``checkpoint`` (best | latest | PATH) designates, with the
-    manager to load it with.
+    manager to load it with (``doing`` names the command in the warning when ``best`` falls back
+    to the latest checkpoint).
 
     Loading a CheckpointInfo with the manager that chose it takes the files that choice verified,
     so a trainer still running cannot rotate or replace them between the two (see
@@ -344,7 +345,7 @@ def _select_checkpoint(
     if checkpoint == "best" and info is None:
         info = manager.latest()
         if info is not None:
-            log.warning("%s has no best_model checkpoint; evaluating the latest one", run_dir)
+            log.warning("%s has no best_model checkpoint; %s the latest one", run_dir, doing)
     if checkpoint == "latest":
         info = manager.latest()
     if info is None:
@@ -375,7 +376,7 @@ def run_evaluation(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     env_kwargs = run_env_kwargs(run_dir, config)
-    manager, selected = _select_checkpoint(run_dir, config, checkpoint)
+    manager, selected = select_checkpoint(run_dir, config, checkpoint)
     path = _path_of(selected)
     state, _, metadata = manager.load(selected, with_training_state=False)
     if not isinstance(state, dict) or "policy" not in state:

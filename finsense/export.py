@@ -48,7 +48,7 @@ from finsense.cli import quiet_on_closed_stdout
 from finsense.data.market import n_test_rows
 from finsense.envs.trading import FEATURE_CLIP, TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
-from finsense.evaluation import CHECKPOINT_CHOICES, load_run_config, run_env_kwargs
+from finsense.evaluation import load_run_config, run_env_kwargs, select_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -91,49 +91,6 @@ class ExportResult:
 
 
 # -- choosing and loading the checkpoint ------------------------------------------------------
-def _select_checkpoint(
-    run_dir: Path, config: Mapping[str, Any], checkpoint: str | Path
-) -> tuple[CheckpointManager, CheckpointInfo | Path]:
-    """The checkpoint ``checkpoint`` (best | latest | PATH) designates, with its manager.
-
-    The same choice as ``finsense.evaluate`` makes, with messages that speak of exporting.
-    Loading a CheckpointInfo with the manager that chose it takes the very files that choice
-    verified, so a trainer still running cannot rotate them away in between.
-    """
-    models = run_dir / "models"
-    if str(checkpoint) not in CHECKPOINT_CHOICES:
-        path = Path(checkpoint).expanduser()
-        for candidate in (path, run_dir / path, models / path):
-            if candidate.is_file():
-                return CheckpointManager(candidate.parent), candidate
-        raise CheckpointError(
-            f"checkpoint={checkpoint}: no such file (looked in ., {run_dir} and {models}); "
-            "use checkpoint=best, checkpoint=latest or a models/model_epN.pt path"
-        )
-    if not models.is_dir():
-        raise CheckpointError(
-            f"{run_dir} has no checkpoints (no models/ directory); train it first or pass "
-            "checkpoint=PATH"
-        )
-    cks = dict(config.get("checkpoints") or {})
-    manager = CheckpointManager(
-        models,
-        metric_name=str(cks.get("metric_name", "total_profit")),
-        mode=str(cks.get("mode", "max")),
-    )
-    info = manager.best() if checkpoint == "best" else None
-    if info is None:
-        info = manager.latest()
-        if info is not None and checkpoint == "best":
-            log.warning("%s has no best_model checkpoint; exporting the latest one", run_dir)
-    if info is None:
-        raise CheckpointError(
-            f"{run_dir} has no valid checkpoint in models/; train it first "
-            "(python -m finsense.train ...) or pass checkpoint=PATH"
-        )
-    return manager, info
-
-
 def _load_network(
     manager: CheckpointManager, selected: CheckpointInfo | Path
 ) -> tuple[QNetwork, dict[str, Any], Path]:
@@ -424,7 +381,7 @@ def export_policy(
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    manager, selected = _select_checkpoint(run_dir, config, checkpoint)
+    manager, selected = select_checkpoint(run_dir, config, checkpoint, doing="exporting")
     network, metadata, path = _load_network(manager, selected)
 
     # The env gives the observation scale (a constant of the dataset) and the action meanings;
