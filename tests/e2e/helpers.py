@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -68,3 +69,17 @@ def run_dir_files(
         if path.is_file() and rel.parts[0] not in exclude and path.name != ".finsense.lock":
             out[str(rel)] = path.read_bytes()
     return out
+
+
+def status_output(cwd: Path, *args: str) -> str:
+    """The stdout of ``python -m finsense.status ARGS`` run in ``cwd`` (asserting it succeeded)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "finsense.status", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

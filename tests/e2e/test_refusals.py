@@ -4,13 +4,11 @@ the lock file; data written by a newer FinSense is never overwritten."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import subprocess_env, wait_for
+from tests.e2e.helpers import status_output, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +20,6 @@ def _snapshot(run_dir: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(run_dir.rglob("*"))
         if p.is_file()
     }
-
-
-def _status(cwd: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "finsense.status"],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture
@@ -65,7 +50,7 @@ def test_a_refused_or_finished_command_changes_no_file_of_the_run(
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert says in proc.stdout + proc.stderr
     assert _snapshot(finished) == before
-    assert "5/5" in _status(tmp_path) and "complete" in _status(tmp_path)
+    assert "5/5" in status_output(tmp_path) and "complete" in status_output(tmp_path)
 
 
 def test_a_second_trainer_refused_as_in_use_changes_nothing(

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from finsense.sweeps import FAILED_MARKER, MANIFEST
-from tests.e2e.helpers import TINY, subprocess_env, train_argv
+from tests.e2e.helpers import TINY, status_output, subprocess_env, train_argv
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +42,8 @@ def _sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _status(tmp_path: Path) -> dict[str, str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "finsense.status", "multirun", "--json"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {_swept(r["run_dir"]): r["state"] for r in json.loads(proc.stdout)}
+    runs = json.loads(status_output(tmp_path, "multirun", "--json"))
+    return {_swept(r["run_dir"]): r["state"] for r in runs}
 
 
 def test_a_sweep_with_a_failed_job_runs_the_rest_then_fails_with_a_line_per_job(
