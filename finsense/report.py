@@ -16,7 +16,11 @@ For a run directory, into ``RUN_DIR/report/``:
 
 For a sweep directory (one whose subfolders are run directories, e.g. ``multirun/<sweep>``):
 ``report/sweep_comparison.png`` with every job's rolling-mean curve, and a table of the jobs
-ranked by their best checkpoint's metric printed to stdout.
+ranked by their best checkpoint's metric printed to stdout. Jobs whose configs differ only in
+``seed`` are one configuration: when any configuration has more than one seed, the table ranks
+configurations by the mean of their best metric (mean and standard deviation of the final and the
+best metric, each job and seed listed beneath) and ``report/seed_aggregate.png`` draws those means
+with standard-deviation error bars.
 
 Needs matplotlib (the ``report`` extra); it draws with the Agg backend, so no display is needed.
 """
@@ -374,6 +378,10 @@ class JobSummary:
         best_value: that metric at the best checkpoint (None when there is none).
         best_episode: the best checkpoint's episode (None when there is none).
         episodes_done: episodes in its ``metrics.csv`` (0 when it has none).
+        final_value: the metric at its last episode in ``metrics.csv`` (None when it has none).
+        seed: its config's ``seed`` (None when unrecorded).
+        config_key: its config without ``seed`` (and the keys that never change an experiment):
+            jobs with the same key are one configuration run with different seeds.
     """
 
     job: str
@@ -381,6 +389,43 @@ class JobSummary:
     best_value: float | None
     best_episode: int | None
     episodes_done: int
+    final_value: float | None = None
+    seed: int | None = None
+    config_key: str = ""
+
+
+#: Config keys that never change what an experiment is (as ``hydra.job.config.override_dirname``'s
+#: exclude list in conf/config.yaml), left out of the grouping key with ``seed`` itself.
+_NOT_THE_EXPERIMENT = ("seed", "name", "resume", "device", "threads", "progress", "logger")
+_SEED_PART = re.compile(r"^seed=(-?\d+)$")
+
+
+def _seed_and_key(run_dir: Path, job: str) -> tuple[int | None, str]:
+    """The job's seed and its grouping key: its recorded config without ``seed``, or where no
+    seed is recorded there, its directory name without the ``seed=N`` part."""
+    import yaml
+
+    try:
+        with open(run_dir / ".hydra" / "config.yaml", encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        cfg = None
+    if isinstance(cfg, dict) and isinstance(cfg.get("seed"), int):
+        rest = {k: v for k, v in cfg.items() if k not in _NOT_THE_EXPERIMENT}
+        return cfg["seed"], json.dumps(rest, sort_keys=True, default=str)
+    # No seed recorded: the directory name is all there is (a job without seed=N in it is alone).
+    parts = job.split(",")
+    seeds = [int(m.group(1)) for m in map(_SEED_PART.match, parts) if m]
+    return (seeds[0] if seeds else None), ",".join(p for p in parts if not _SEED_PART.match(p))
+
+
+def _final_value(frame: pd.DataFrame, metric_name: str) -> float | None:
+    """The metric's last recorded value (a ``test_`` metric is recorded only some episodes)."""
+    for column in (metric_name, metric_name.removeprefix("test_"), DEFAULT_METRIC):
+        if column in frame.columns:
+            values = frame[column].dropna()
+            return float(values.iloc[-1]) if len(values) else None
+    return None
 
 
 def summarize_jobs(sweep_dir: Path, run_dirs: Sequence[Path]) -> list[JobSummary]:
@@ -389,16 +434,23 @@ def summarize_jobs(sweep_dir: Path, run_dirs: Sequence[Path]) -> list[JobSummary
     for run_dir in run_dirs:
         status = read_run(run_dir)
         metric_name, mode = _run_settings(run_dir)
+        name = status.best_metric_name or metric_name
         try:
-            done = len(read_metrics_csv(run_dir / "metrics.csv"))
+            frame = read_metrics_csv(run_dir / "metrics.csv")
+            done, final = len(frame), _final_value(frame, name)
         except FinSenseError:
-            done = 0
+            done, final = 0, None
+        job = str(run_dir.relative_to(sweep_dir))
+        seed, config_key = _seed_and_key(run_dir, job)
         summary = JobSummary(
-            job=str(run_dir.relative_to(sweep_dir)),
-            metric_name=status.best_metric_name or metric_name,
+            job=job,
+            metric_name=name,
             best_value=status.best_metric_value,
             best_episode=status.best_episode,
             episodes_done=done,
+            final_value=final,
+            seed=seed,
+            config_key=config_key,
         )
         jobs.append((summary, mode))
 
@@ -410,6 +462,144 @@ def summarize_jobs(sweep_dir: Path, run_dirs: Sequence[Path]) -> list[JobSummary
         return (False, sign * summary.best_value, summary.job)
 
     return [summary for summary, _ in sorted(jobs, key=key)]
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """The jobs of a sweep that differ only in ``seed``, aggregated.
+
+    Attributes:
+        label: what sets this configuration apart from the sweep's others (``agent.gamma=0.9``).
+        jobs: its jobs, by seed.
+        metric_name: the metric their best checkpoints were chosen by.
+        mode: ``max`` or ``min``: which way that metric is better.
+        best_mean, best_std: mean and sample standard deviation (ddof 1) of the jobs' best values
+            (std None with fewer than two values; both None with none).
+        final_mean, final_std: the same for each job's last episode's value.
+    """
+
+    label: str
+    jobs: tuple[JobSummary, ...]
+    metric_name: str
+    mode: str
+    best_mean: float | None
+    best_std: float | None
+    final_mean: float | None
+    final_std: float | None
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    known = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if not len(known):
+        return None, None
+    std = float(known.std(ddof=1)) if len(known) > 1 else None
+    return float(known.mean()), std
+
+
+def _seedless_name(job: str) -> str:
+    return ",".join(p for p in job.split(",") if not _SEED_PART.match(p)) or job
+
+
+def aggregate_seeds(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[ConfigSummary]:
+    """Group ``jobs`` that differ only in ``seed``; rank the groups by their mean best value,
+    best first (by the first job's ``checkpoints.mode``); groups without one come last."""
+    groups: dict[str, list[JobSummary]] = {}
+    for job in jobs:
+        groups.setdefault(job.config_key or _seedless_name(job.job), []).append(job)
+    members = [
+        sorted(g, key=lambda j: (j.seed is None, j.seed if j.seed is not None else 0, j.job))
+        for g in groups.values()
+    ]
+    labels = job_labels([_seedless_name(g[0].job) for g in members])
+    summaries = []
+    for group, label in zip(members, labels, strict=True):
+        best_mean, best_std = _mean_std([j.best_value for j in group])
+        final_mean, final_std = _mean_std([j.final_value for j in group])
+        summaries.append(
+            ConfigSummary(
+                label=label,
+                jobs=tuple(group),
+                metric_name=group[0].metric_name,
+                mode=_run_settings(sweep_dir / group[0].job)[1],
+                best_mean=best_mean,
+                best_std=best_std,
+                final_mean=final_mean,
+                final_std=final_std,
+            )
+        )
+
+    def key(summary: ConfigSummary) -> tuple[bool, float, str]:
+        if summary.best_mean is None:
+            return (True, 0.0, summary.label)
+        sign = -1.0 if summary.mode == "max" else 1.0
+        return (False, sign * summary.best_mean, summary.label)
+
+    return sorted(summaries, key=key)
+
+
+def _mean_pm_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return _number(mean) + ("" if std is None else f" ± {_number(std)}")
+
+
+def format_seed_ranking(configs: Sequence[ConfigSummary]) -> str:
+    """The configurations ranked by mean best value, each one's jobs and seeds listed beneath."""
+    header = ("RANK", "CONFIGURATION", "SEEDS", "BEST MEAN ± STD", "FINAL MEAN ± STD")
+    rows: list[tuple[str, ...]] = [header]
+    for rank, config in enumerate(configs, start=1):
+        best = _mean_pm_std(config.best_mean, config.best_std)
+        if config.best_mean is not None:
+            best = f"{config.metric_name}={best}"
+        final = _mean_pm_std(config.final_mean, config.final_std)
+        rows.append((str(rank), config.label, str(len(config.jobs)), best, final))
+        for job in config.jobs:
+            seed = "seed=?" if job.seed is None else f"seed={job.seed}"
+            job_best = "-" if job.best_value is None else _number(job.best_value)
+            if job.best_episode is not None:
+                job_best += f" (episode {job.best_episode})"
+            job_final = "-" if job.final_value is None else _number(job.final_value)
+            rows.append(("", f"  {seed}  {job.job}", "", job_best, job_final))
+    # The per-job lines are laid out on their own (long directory names): only the
+    # configuration lines set the columns.
+    widths = [max(len(row[i]) for row in rows if row[0]) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        if row[0]:
+            cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+            lines.append("  ".join(cells).rstrip())
+        else:
+            lines.append(f"{'':{widths[0]}}  {row[1]}  best {row[3]}  final {row[4]}")
+    return "\n".join(lines)
+
+
+def plot_seed_aggregate(configs: Sequence[ConfigSummary], out: Path) -> Path:
+    """Draw ``seed_aggregate.png``: each configuration's mean best and mean final value, with
+    standard-deviation error bars, in ranking order."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(configs) + 3), 5.5), layout="constrained")
+    x = np.arange(len(configs), dtype=np.float64)
+    width = 0.38
+    for offset, what, color in ((-width / 2, "best", "tab:blue"), (width / 2, "final", "tab:gray")):
+        means = [getattr(c, f"{what}_mean") for c in configs]
+        stds = [getattr(c, f"{what}_std") for c in configs]
+        ax.bar(
+            x + offset,
+            [np.nan if m is None else m for m in means],
+            width,
+            yerr=[0.0 if s is None else s for s in stds],
+            capsize=4,
+            color=color,
+            alpha=0.85,
+            label=f"{what} (mean ± std over seeds)",
+        )
+    ax.set_xticks(x, [f"#{i} {c.label}\n({len(c.jobs)} seeds)" for i, c in enumerate(configs, 1)])
+    ax.tick_params(axis="x", labelsize="small", labelrotation=20 if len(configs) > 4 else 0)
+    ax.set_ylabel(", ".join(sorted({c.metric_name for c in configs})))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(f"{len(configs)} configurations over seeds, ranked by mean best")
+    return _save(fig, out)
 
 
 def format_ranking(jobs: Sequence[JobSummary]) -> str:
@@ -527,8 +717,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jobs = summarize_jobs(run_dir, jobs_dirs)
     path = plot_sweep(run_dir, jobs, run_dir / REPORT_DIR / "sweep_comparison.png")
-    print(format_ranking(jobs))
-    print(f"Wrote {path}")
+    configs = aggregate_seeds(run_dir, jobs)
+    if any(len(config.jobs) > 1 for config in configs):
+        print(format_seed_ranking(configs))
+        seeds = plot_seed_aggregate(configs, run_dir / REPORT_DIR / "seed_aggregate.png")
+        print(f"Wrote {path}")
+        print(f"Wrote {seeds}")
+    else:  # one seed per configuration: nothing to aggregate
+        print(format_ranking(jobs))
+        print(f"Wrote {path}")
     return 0
 
 

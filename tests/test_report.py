@@ -43,12 +43,21 @@ class Momentum(torch.nn.Module):
         return torch.stack([torch.zeros_like(last_return), last_return], dim=-1)
 
 
-def write_run(run_dir: Path, episodes: int = 40, *, shift: float = 0.0, mode: str = "max") -> Path:
-    """A finished run as the trainer and checkpoint store leave it, written by hand."""
+def write_run(
+    run_dir: Path,
+    episodes: int = 40,
+    *,
+    shift: float = 0.0,
+    mode: str = "max",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A finished run as the trainer and checkpoint store leave it, written by hand; ``extra``
+    is merged into its recorded config (``seed``, ``agent``)."""
     config = {
         "env": ENV,
         "checkpoints": {"metric_name": "total_profit", "mode": mode},
         "episodes": episodes,
+        **(extra or {}),
     }
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -122,6 +131,73 @@ def test_jobs_with_mode_min_rank_lowest_first(tmp_path: Path) -> None:
     write_run(sweep / "high", shift=500.0, mode="min")
     jobs = report.summarize_jobs(sweep, [sweep / "high", sweep / "low"])
     assert [j.job for j in jobs] == ["low", "high"]
+
+
+def _seed_sweep(sweep: Path) -> dict[tuple[float, int], float]:
+    """Two gammas x three seeds (plus a lone gamma with one seed); returns each job's shift."""
+    shifts = {}
+    for gamma, base in ((0.9, 0.0), (0.99, 300.0), (0.5, -200.0)):
+        for seed, jitter in ((0, -40.0), (1, 10.0), (2, 90.0)):
+            if gamma == 0.5 and seed > 0:
+                continue
+            shifts[(gamma, seed)] = base + jitter
+            write_run(
+                sweep / f"agent.gamma={gamma},seed={seed}",
+                shift=base + jitter,
+                extra={"seed": seed, "agent": {"gamma": gamma}},
+            )
+    return shifts
+
+
+def test_jobs_differing_only_in_seed_are_aggregated_and_ranked_by_mean(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    shifts = _seed_sweep(sweep)
+    jobs = report.summarize_jobs(sweep, sorted(p for p in sweep.iterdir()))
+    configs = report.aggregate_seeds(sweep, jobs)
+    assert [c.label for c in configs] == ["agent.gamma=0.99", "agent.gamma=0.9", "agent.gamma=0.5"]
+    assert [[j.seed for j in c.jobs] for c in configs] == [[0, 1, 2], [0, 1, 2], [0]]
+    # Every job has the same curve moved by its shift: best and final move with it.
+    base = report.summarize_jobs(sweep, [sweep / "agent.gamma=0.9,seed=0"])[0]
+    base_best = base.best_value - shifts[(0.9, 0)]
+    base_final = base.final_value - shifts[(0.9, 0)]
+    for config, gamma in zip(configs, (0.99, 0.9), strict=False):
+        moved = np.array([shifts[(gamma, seed)] for seed in (0, 1, 2)])
+        assert config.best_mean == pytest.approx(base_best + moved.mean())
+        assert config.best_std == pytest.approx(moved.std(ddof=1))
+        assert config.final_mean == pytest.approx(base_final + moved.mean())
+        assert config.final_std == pytest.approx(moved.std(ddof=1))
+        for job in config.jobs:
+            assert job.best_value == pytest.approx(base_best + shifts[(gamma, job.seed)])
+    lone = configs[2]
+    assert lone.best_std is None and lone.best_mean == pytest.approx(base_best - 240.0)
+
+
+def test_a_seed_sweep_prints_the_aggregate_table_and_draws_error_bars(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "multirun" / "seeds"
+    _seed_sweep(sweep)
+    assert report.main([str(sweep)]) == 0
+    assert_png(sweep / "report" / "seed_aggregate.png")
+    assert_png(sweep / "report" / "sweep_comparison.png")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RANK", "CONFIGURATION", "SEEDS", "BEST", "MEAN", "±", "STD"] + [
+        "FINAL",
+        "MEAN",
+        "±",
+        "STD",
+    ]
+    ranked = [line.split()[:3] for line in lines[1:] if line[:1].isdigit()]
+    assert ranked == [
+        ["1", "agent.gamma=0.99", "3"],
+        ["2", "agent.gamma=0.9", "3"],
+        ["3", "agent.gamma=0.5", "1"],
+    ]
+    first = lines.index(next(line for line in lines if line.startswith("1 ")))
+    beneath = [line.split()[:2] for line in lines[first + 1 : first + 4]]
+    assert beneath == [[f"seed={s}", f"agent.gamma=0.99,seed={s}"] for s in (0, 1, 2)]
+    assert "±" in lines[first] and "total_profit=" in lines[first]
+    assert lines[-1].endswith("seed_aggregate.png")
 
 
 def test_drawdown_curve_bottoms_at_the_max_drawdown_metric() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -263,3 +264,84 @@ def test_killed_joblib_launcher_takes_its_orphaned_workers_down(tmp_path: Path) 
     for job in ("seed=0", "seed=1"):
         assert _last_episode(_job_dir(tmp_path, job)) == target
         assert (_job_dir(tmp_path, job) / "models" / f"model_ep{target}.json").exists()
+
+
+def _study_states(db: Path) -> list[str]:
+    """Every trial's state in the search's SQLite study (read with sqlite3: no lock, no schema
+    check, safe while the search writes)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+            return [row[0] for row in conn.execute("SELECT state FROM trials")]
+    except sqlite3.OperationalError:
+        return []  # tables not created yet
+
+
+def _files_stamp(job_dir: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(job_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted((job_dir / "models").iterdir())
+    }
+
+
+def test_killed_optuna_search_resumes_its_study(tmp_path: Path) -> None:
+    import optuna
+
+    args = ["hydra/sweeper=search", "hydra.sweeper.n_trials=6", "episodes=20", "name=search"]
+    root = tmp_path / "multirun" / "search"
+    db = root / "optuna.db"
+    proc = subprocess.Popen(
+        train_argv(*args, multirun=True),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def fourth_trial_training() -> bool:
+        if _study_states(db).count("COMPLETE") < 3:
+            return False
+        # Killed after its first checkpoint, so that the re-run can resume it.
+        return len({p.parent.parent for p in root.glob("*/models/model_ep*.json")}) >= 4
+
+    try:
+        wait_for(lambda: proc.poll() is not None or fourth_trial_training(), timeout=240)
+        assert proc.poll() is None, f"the search exited early with code {proc.returncode}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    states = _study_states(db)
+    assert states.count("COMPLETE") == 3 and states.count("RUNNING") == 1, states
+    finished = {
+        p.name: _files_stamp(p) for p in root.iterdir() if (p / "models/model_ep20.json").exists()
+    }
+    assert len(finished) == 3
+    jobs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (killed,) = [p for p in jobs if p.name not in finished]
+
+    rerun = _sweep(tmp_path, *args)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out
+    assert "Resuming study 'finsense': 3 of 6 trials finished, 3 to run" in out
+    # The killed trial ran again with its parameters: in its own run directory, resumed.
+    assert "Resuming training from episode" in (killed / "logs" / "finsense.log").read_text()
+    study = optuna.load_study(study_name="finsense", storage=f"sqlite:///{db}")
+    by_state = [t.state for t in study.trials]
+    assert by_state.count(optuna.trial.TrialState.COMPLETE) == 6
+    assert by_state.count(optuna.trial.TrialState.FAIL) == 1  # the killed one, then re-run
+    assert by_state.count(optuna.trial.TrialState.RUNNING) == 0
+    jobs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(jobs) == 6  # 3 finished + the resumed one + 2 new: nothing drawn twice
+    for job in jobs:
+        assert (job / "models" / "model_ep20.json").exists()
+    for name, stamp in finished.items():
+        assert _files_stamp(root / name) == stamp, f"{name} was trained again"
+    assert (root / "optimization_results.yaml").exists()
+
+    again = _sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "6 of 6 trials finished, 0 to run" in again.stdout + again.stderr
+    assert len(optuna.load_study(study_name="finsense", storage=f"sqlite:///{db}").trials) == 7
