@@ -5,8 +5,13 @@ for the same budget (20,000 env steps) with the same hyperparameters: net [64, 6
 50,000, learning_starts 1,000, batch 64, train_freq 4, gradient_steps 1, target update 1,000,
 learning rate 1e-3, gamma 0.99, epsilon 1.0 -> 0.05, Huber loss, Adam, grad-norm clip 10.
 
-Each run is a separate Python process, and the two alternate (finsense, sb3, finsense, ...) so
-that drift in machine load hits both alike. Two speeds per run:
+FinSense runs twice: ``finsense`` with the default ``agent.learner=auto`` (for this MLP and Adam,
+the hand-written fast path) and ``finsense-autograd`` with ``agent.learner=autograd`` (the general
+path every other network takes: autograd and ``torch.optim.Adam``).
+
+Each run is a separate Python process, and the implementations alternate (finsense,
+finsense-autograd, sb3, finsense, ...) so that drift in machine load hits all alike. Two speeds
+per run:
 
 - ``train``: env steps / seconds of the training loop itself (acting, env steps, storing,
   learning), measured inside the process;
@@ -21,6 +26,7 @@ Usage::
 
     python benchmarks/train_throughput.py [--steps 20000] [--rounds 3] [--threads 1]
     python benchmarks/train_throughput.py --threads 1 2     # also compare thread counts
+    python benchmarks/train_throughput.py --impls finsense  # only the default learner
 
 Stable-Baselines3 is a benchmark-only dependency (``pip install stable-baselines3``); without it
 only FinSense's rows are printed.
@@ -54,12 +60,15 @@ HYPER: dict[str, Any] = {
     "epsilon_end": 0.05,
 }
 HIDDEN = [64, 64]
-IMPLS = ("finsense", "sb3")
+#: Benchmark rows: FinSense with its default learner, FinSense's autograd learner, SB3.
+IMPLS = ("finsense", "finsense-autograd", "sb3")
+LEARNERS = {"finsense": "auto", "finsense-autograd": "autograd"}
 
 
 # -- workers (run in their own process) -----------------------------------------------------------
-def run_finsense(steps: int, seed: int) -> float:
-    """Train FinSense's DQN for ``steps`` env steps; return the loop's seconds."""
+def run_finsense(steps: int, seed: int, learner: str = "auto") -> float:
+    """Train FinSense's DQN with ``agent.learner=learner`` for ``steps`` env steps; return the
+    loop's seconds."""
     import gymnasium
 
     import finsense  # noqa: F401  (registers the env)
@@ -73,6 +82,7 @@ def run_finsense(steps: int, seed: int) -> float:
         **HYPER,
         hidden_sizes=tuple(HIDDEN),
         exploration_steps=int(0.1 * steps),  # SB3's default exploration_fraction is 0.1
+        learner=learner,
     )
     agent = DQNAgent(shape[0], int(actions.n), config, seed=seed)
     started = time.perf_counter()
@@ -122,7 +132,7 @@ def worker(impl: str, steps: int, threads: int, seed: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    seconds = run_finsense(steps, seed) if impl == "finsense" else run_sb3(steps, seed)
+    seconds = run_sb3(steps, seed) if impl == "sb3" else run_finsense(steps, seed, LEARNERS[impl])
     print(json.dumps({"impl": impl, "train_seconds": seconds}))
 
 
@@ -147,22 +157,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each implementation")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to run"
+    )
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args.steps, args.threads[0], args.seed)
         return
 
-    impls = [i for i in IMPLS if i != "sb3" or importlib.util.find_spec("stable_baselines3")]
+    have_sb3 = importlib.util.find_spec("stable_baselines3") is not None
+    impls = [i for i in args.impls if i != "sb3" or have_sb3]
     import torch
 
     print(f"{ENV_ID} {ENV_KWARGS}, {args.steps:,} env steps per run, net {HIDDEN}, {HYPER}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.processor()}")
-    if "sb3" not in impls:
+    if "sb3" in args.impls and not have_sb3:
         print("stable-baselines3 not installed: FinSense only (pip install stable-baselines3)")
     print()
     print(
-        f"{'threads':>7}  {'round':>5}  {'impl':<9} {'train steps/s':>14} {'process steps/s':>16}"
+        f"{'threads':>7}  {'round':>5}  {'impl':<17} {'train steps/s':>14} {'process steps/s':>16}"
     )
     medians: dict[tuple[str, int], dict[str, float]] = {}
     for threads in args.threads:
@@ -172,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 speed = spawn(impl, args.steps, threads, args.seed)
                 runs[impl].append(speed)
                 print(
-                    f"{threads:>7}  {round_:>5}  {impl:<9} {speed['train']:>14,.0f} "
+                    f"{threads:>7}  {round_:>5}  {impl:<17} {speed['train']:>14,.0f} "
                     f"{speed['process']:>16,.0f}",
                     flush=True,
                 )
@@ -184,13 +198,13 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(f"median of {args.rounds} runs")
-    header = f"{'threads':>7}  {'impl':<9} {'train steps/s':>14} {'process steps/s':>16}"
-    print(header + ("  finsense/sb3 (train, process)" if "sb3" in impls else ""))
+    header = f"{'threads':>7}  {'impl':<17} {'train steps/s':>14} {'process steps/s':>16}"
+    print(header + ("  finsense/this (train, process)" if "finsense" in impls else ""))
     for threads in args.threads:
         for impl in impls:
             m = medians[impl, threads]
-            line = f"{threads:>7}  {impl:<9} {m['train']:>14,.0f} {m['process']:>16,.0f}"
-            if impl == "sb3":
+            line = f"{threads:>7}  {impl:<17} {m['train']:>14,.0f} {m['process']:>16,.0f}"
+            if impl != "finsense" and "finsense" in impls:
                 fs = medians["finsense", threads]
                 line += f"  {fs['train'] / m['train']:.2f}x, {fs['process'] / m['process']:.2f}x"
             print(line)

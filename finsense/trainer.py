@@ -554,6 +554,9 @@ class Trainer:
             "steps": row["steps"],
             "episodes_total": self.settings.episodes,
             "seed": self.settings.seed,
+            # The learner that really ran (auto resolves to fast or autograd), when the agent has
+            # such a choice.
+            "learner": getattr(self.agent, "learner", None),
             "config": self.config,
         }
 

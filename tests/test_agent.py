@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from finsense.agents import (
     DQNAgent,
@@ -44,6 +45,41 @@ SMALL = DQNConfig(
     hidden_sizes=(16, 16),
     exploration_steps=500,
 )
+
+
+class LayerNormQNetwork(QNetwork):
+    """The issue's network: the built-in MLP with a LayerNorm after the first hidden layer.
+
+    Only ``forward`` knows about the LayerNorm, so a hand-written backward pass for the MLP would
+    neither train it nor compute this function.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: tuple[int, ...]) -> None:
+        super().__init__(obs_dim, n_actions, hidden_sizes)
+        self.norm = nn.LayerNorm(self.hidden_sizes[0])
+        with torch.no_grad():  # not the identity at the start, so a wrong path shows at once
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        h = obs
+        for i, layer in enumerate(self.hidden):
+            h = layer(h)
+            h = (self.norm(h) if i == 0 else h).relu()
+        return self._combine(self.head(h))
+
+
+def layer_norm_agent(config: DQNConfig = SMALL, seed: int = 0) -> DQNAgent:
+    """An agent with :class:`LayerNormQNetwork`, its initialisation seeded by ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = LayerNormQNetwork(OBS_DIM, 2, config.hidden_sizes)
+    return DQNAgent(OBS_DIM, 2, config, seed=seed, network=network)
+
+
+def flat_params(network: nn.Module) -> torch.Tensor:
+    """Every parameter of ``network`` in one vector (a copy)."""
+    return torch.cat([p.detach().reshape(-1) for p in network.parameters()])
 
 
 def run_steps(agent: DQNAgent, env: TradingEnv, steps: int) -> None:
@@ -293,6 +329,126 @@ def test_flat_adam_matches_torch_adam() -> None:
     torch.testing.assert_close(params, reference.detach())
 
 
+# -- learners: autograd for any network, the fast path only where it is the same function ------
+@pytest.mark.parametrize(
+    ("double_q", "dueling", "max_grad_norm"),
+    [(True, False, 10.0), (False, False, 10.0), (True, True, 10.0), (True, False, 0.05)],
+)
+def test_fast_and_autograd_learners_compute_the_same_update(
+    double_q: bool, dueling: bool, max_grad_norm: float
+) -> None:
+    def agent(learner: str) -> DQNAgent:
+        config = DQNConfig(
+            batch_size=32,
+            hidden_sizes=(24, 16, 8),
+            double_q=double_q,
+            dueling=dueling,
+            max_grad_norm=max_grad_norm,
+            learning_rate=1e-2,
+            learner=learner,
+        )
+        made = DQNAgent(OBS_DIM, 3, config, seed=5)
+        fill(made, 200)
+        return made
+
+    fast, autograd = agent("fast"), agent("autograd")
+    assert (fast.learner, autograd.learner) == ("fast", "autograd")
+    assert isinstance(fast.optimizer, FlatAdam)
+    assert isinstance(autograd.optimizer, torch.optim.Adam)
+    for step in range(8):
+        loss_fast, loss_autograd = fast.learn(), autograd.learn()
+        assert loss_fast == pytest.approx(loss_autograd, rel=1e-5, abs=1e-7), step
+        if step == 3:
+            fast.sync_target()
+            autograd.sync_target()
+    for name, value in autograd.q_network.state_dict().items():
+        torch.testing.assert_close(fast.q_network.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    obs = torch.randn(7, OBS_DIM)
+    torch.testing.assert_close(fast._learner.q_values(obs), autograd.q_network(obs))
+
+
+def test_a_subclass_network_trains_every_parameter_and_acts_with_its_own_forward() -> None:
+    agent = layer_norm_agent()
+    assert agent.learner == "autograd"  # auto: the hand-written backward pass knows only the MLP
+    fill(agent, 200)
+    before = {name: p.detach().clone() for name, p in agent.q_network.named_parameters()}
+    for _ in range(10):
+        agent.learn()
+    for name, p in agent.q_network.named_parameters():
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), f"{name} got no gradient"
+        assert not torch.equal(p.detach(), before[name]), f"{name} did not change"
+    assert "norm.weight" in before and "norm.bias" in before
+
+    # Acting, learning and evaluation all run the network's forward: the same Q-values.
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.standard_normal((50, OBS_DIM)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(agent._learner.q_values(batch), agent.q_network(batch))
+    for obs in batch.numpy():
+        greedy = int(agent.q_network(torch.from_numpy(obs).unsqueeze(0)).argmax())
+        assert agent.act(obs, explore=False) == greedy == greedy_action(agent.q_network, obs)
+    policy = roundtrip({"policy": agent.policy_state_dict()})["policy"]
+    evaluated = DQNAgent.load_policy(policy, network=LayerNormQNetwork(OBS_DIM, 2, (16, 16)))
+    assert torch.equal(evaluated(batch), agent.q_network(batch))
+
+
+def test_auto_picks_the_fast_path_only_for_the_built_in_mlp_with_adam() -> None:
+    assert DQNAgent(OBS_DIM, 2, SMALL).learner == "fast"
+    assert layer_norm_agent().learner == "autograd"
+    sgd = DQNAgent(OBS_DIM, 2, SMALL, optimizer_class=torch.optim.SGD)
+    assert sgd.learner == "autograd" and isinstance(sgd.optimizer, torch.optim.SGD)
+    decay = DQNAgent(OBS_DIM, 2, SMALL, optimizer_kwargs={"weight_decay": 1e-4})
+    assert decay.learner == "autograd"
+    betas = DQNAgent(OBS_DIM, 2, SMALL, optimizer_kwargs={"betas": (0.8, 0.99)})
+    assert betas.learner == "fast" and betas.optimizer.betas == (0.8, 0.99)
+    assert DQNAgent(OBS_DIM, 2, DQNConfig(learner="autograd")).learner == "autograd"
+
+
+def test_the_fast_learner_with_another_network_or_optimizer_is_refused() -> None:
+    fast = DQNConfig(hidden_sizes=(16, 16), learner="fast")
+    message = (
+        r"agent.learner=fast needs the built-in MLP network and the Adam optimizer "
+        r"\(got {}\); use agent.learner=auto"
+    )
+    with pytest.raises(ConfigError, match=message.format("LayerNormQNetwork and Adam")):
+        DQNAgent(OBS_DIM, 2, fast, network=LayerNormQNetwork(OBS_DIM, 2, (16, 16)))
+    with pytest.raises(ConfigError, match=message.format("QNetwork and SGD")):
+        DQNAgent(OBS_DIM, 2, fast, optimizer_class=torch.optim.SGD)
+
+
+def test_a_checkpoint_resumes_only_with_the_learner_that_wrote_it() -> None:
+    fast = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
+    fill(fast, 100)
+    fast.learn()
+    state = roundtrip(fast.state_dict())
+    assert state["training"]["learner"] == "fast"
+    autograd = DQNAgent(OBS_DIM, 2, DQNConfig(**{**vars(SMALL), "learner": "autograd"}))
+    with pytest.raises(
+        ConfigError,
+        match=r"checkpoint was trained with agent.learner=fast, this run uses autograd "
+        r"\(agent.learner=autograd\); resume it with agent.learner=fast",
+    ):
+        autograd.load_state_dict(state)
+    with pytest.raises(ConfigError, match="agent.learner=autograd"):
+        fast.load_state_dict(autograd.state_dict())
+    # Checkpoints from before the choice existed were all written by the fast path.
+    del state["training"]["learner"]
+    DQNAgent(OBS_DIM, 2, SMALL, seed=3).load_state_dict(state)
+
+
+def test_the_autograd_learners_optimizer_keeps_this_runs_hyperparameters_on_resume() -> None:
+    config = DQNConfig(learning_rate=1e-3, learner="autograd")
+    trained = DQNAgent(OBS_DIM, 2, config)
+    fill(trained, 100)
+    trained.learn()
+    agent = DQNAgent(OBS_DIM, 2, DQNConfig(learning_rate=5e-4, learner="autograd"))
+    agent.load_state_dict(roundtrip(trained.state_dict()))
+    assert agent.optimizer.param_groups[0]["lr"] == 5e-4
+    saved = trained.optimizer.state_dict()["state"]
+    for index, state in agent.optimizer.state_dict()["state"].items():
+        assert_same_state(state, saved[index])
+
+
 # -- replay buffer -----------------------------------------------------------------------------
 def test_buffer_wraps_around_overwriting_the_oldest() -> None:
     buffer = ReplayBuffer(5, 2)
@@ -326,18 +482,30 @@ def test_construction_is_seeded_and_leaves_global_generators_alone() -> None:
     torch.manual_seed(123)
     a, b = DQNAgent(OBS_DIM, 2, SMALL, seed=7), DQNAgent(OBS_DIM, 2, SMALL, seed=7)
     assert torch.equal(torch.rand(3), expected)
-    assert torch.equal(a._params, b._params)
-    assert torch.equal(a._target_params, a._params)
-    assert not torch.equal(DQNAgent(OBS_DIM, 2, SMALL, seed=8)._params, a._params)
+    assert torch.equal(flat_params(a.q_network), flat_params(b.q_network))
+    assert torch.equal(flat_params(a.target_network), flat_params(a.q_network))
+    other = DQNAgent(OBS_DIM, 2, SMALL, seed=8)
+    assert not torch.equal(flat_params(other.q_network), flat_params(a.q_network))
 
 
-def test_resume_from_a_saved_state_equals_training_without_a_break() -> None:
+@pytest.mark.parametrize("learner", ["fast", "autograd"])
+def test_resume_from_a_saved_state_equals_training_without_a_break(learner: str) -> None:
     n, m = 350, 400  # the buffer (300) wraps before the break; learning and target syncs span it
+
+    def new_agent(seed: int) -> DQNAgent:
+        # autograd: the issue's LayerNorm network with torch.optim.Adam's per-parameter state.
+        return (
+            DQNAgent(OBS_DIM, 2, SMALL, seed=seed)
+            if learner == "fast"
+            else layer_norm_agent(seed=seed)
+        )
+
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
     env = TradingEnv(**ENV_KWARGS)
-    uninterrupted = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
+    uninterrupted = new_agent(0)
+    assert uninterrupted.learner == learner
     run_steps(uninterrupted, env, n + m)
     reference = uninterrupted.state_dict()
     after_global = (random.random(), np.random.random(), torch.rand(1))
@@ -346,14 +514,14 @@ def test_resume_from_a_saved_state_equals_training_without_a_break() -> None:
     np.random.seed(1)
     torch.manual_seed(1)
     env = TradingEnv(**ENV_KWARGS)
-    first = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
+    first = new_agent(0)
     run_steps(first, env, n)
     saved = roundtrip(first.state_dict())
     del first
     random.seed(99)  # whatever happens in between (a new process) is undone by the load
     np.random.seed(99)
     torch.manual_seed(99)
-    resumed = DQNAgent(OBS_DIM, 2, SMALL, seed=42)  # another seed even
+    resumed = new_agent(42)  # another seed even
     resumed.load_state_dict(saved)
     run_steps(resumed, env, m)
 
@@ -362,7 +530,8 @@ def test_resume_from_a_saved_state_equals_training_without_a_break() -> None:
         resumed.q_network.parameters(), uninterrupted.q_network.parameters(), strict=True
     ):
         assert torch.equal(p, q)
-    assert_same_state(resumed.state_dict(), reference)  # target, Adam, buffer, counters, RNGs
+    # Target, optimizer, buffer, counters, RNGs, learner: every tensor with torch.equal.
+    assert_same_state(resumed.state_dict(), reference)
     assert (random.random(), np.random.random()) == after_global[:2]
     assert torch.equal(torch.rand(1), after_global[2])
 
@@ -494,6 +663,7 @@ def test_set_torch_threads_defaults_and_validates() -> None:
         ({"epsilon_end": 2.0}, r"agent.epsilon_end must be in \[0, 1\]"),
         ({"exploration_steps": -1}, "agent.exploration_steps must be >= 0"),
         ({"double_q": "yes"}, "agent.double_q must be true or false"),
+        ({"learner": "torch"}, "agent.learner must be one of auto, autograd, fast, got 'torch'"),
     ],
 )
 def test_config_values_out_of_range_are_config_errors(

@@ -13,6 +13,7 @@ that averages over more samples overfits it less), gamma 0.9 and 30,000 env step
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -41,9 +42,9 @@ def env_kwargs(data_seed: int) -> dict[str, Any]:
     return {"data": data, "window_size": WINDOW, "fee": 0.0005}
 
 
-def train(seed: int, data_seed: int) -> DQNAgent:
+def train(seed: int, data_seed: int, learner: str = "auto") -> DQNAgent:
     env = TradingEnv(split="train", episode_length=252, **env_kwargs(data_seed))
-    agent = DQNAgent(WINDOW + 1, 2, CONFIG, seed=seed)
+    agent = DQNAgent(WINDOW + 1, 2, dataclasses.replace(CONFIG, learner=learner), seed=seed)
     episode = 0
     while agent.steps < STEPS:
         episode += 1
@@ -70,14 +71,18 @@ def score_on_test_split(data_seed: int, policy: Callable[[np.ndarray], int]) -> 
     return dict(info["episode_metrics"])
 
 
-@pytest.mark.parametrize(("seed", "data_seed"), [(0, 1), (1, 3), (2, 4)])
+# "auto" is the fast path for this MLP; "autograd" is the general path any other network takes.
+@pytest.mark.parametrize(
+    ("seed", "data_seed", "learner"),
+    [(0, 1, "auto"), (1, 3, "auto"), (2, 4, "auto"), (0, 1, "autograd")],
+)
 def test_greedy_policy_beats_buy_and_hold_and_random_on_the_test_split(
-    seed: int, data_seed: int
+    seed: int, data_seed: int, learner: str
 ) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        agent = train(seed, data_seed)
+        agent = train(seed, data_seed, learner)
     finally:
         torch.set_num_threads(threads)
 

@@ -2,9 +2,10 @@
 
 One training step, in the order of the algorithm: act epsilon-greedily (:meth:`DQNAgent.act`),
 store the transition (:meth:`DQNAgent.observe`), and every ``train_freq`` steps sample a minibatch,
-compute the TD target without gradients, take the Huber loss, step Adam on clipped gradients
-(:meth:`DQNAgent.learn`), and every ``target_update_interval`` steps copy the online network into
-the target network.
+compute the TD target without gradients, take the Huber loss, step the optimizer (Adam) on
+clipped gradients (:meth:`DQNAgent.learn`), and every ``target_update_interval`` steps copy the
+online network into the target network. The gradient step is autograd's for any network, or a
+hand-written equivalent for the built-in MLP with Adam (:mod:`finsense.agents.learners`).
 
 Everything the agent needs to continue exactly after a restart is in :meth:`DQNAgent.state_dict`,
 as tensors and plain Python values (``torch.load(..., weights_only=True)`` reads it back).
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from finsense.agents.buffer import ReplayBuffer
+from finsense.agents.learners import LEARNERS, AutogradLearner, FastLearner, choose_learner
 from finsense.agents.networks import QNetwork
-from finsense.agents.optim import FlatAdam
 from finsense.device import resolve_device
 from finsense.errors import CheckpointError, ConfigError
 
@@ -77,6 +78,10 @@ class DQNConfig:
     exploration_steps: int = 20_000
     """Steps over which epsilon falls linearly from start to end (the agent's own steps, so a run
     extended to more episodes explores exactly as if it had been that long from the start)."""
+    learner: str = "auto"
+    """How gradient steps are computed: ``autograd`` (any network, any ``torch.optim``
+    optimizer), ``fast`` (a hand-written backward pass and flat Adam, only for the built-in MLP
+    with Adam, several times faster) or ``auto`` (``fast`` where allowed, else ``autograd``)."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; a tuple keeps the config hashable and frozen in spirit.
@@ -124,6 +129,7 @@ class DQNConfig:
         require(0.0 <= self.epsilon_start <= 1.0, "epsilon_start", "must be in [0, 1]")
         require(0.0 <= self.epsilon_end <= 1.0, "epsilon_end", "must be in [0, 1]")
         require(self.exploration_steps >= 0, "exploration_steps", "must be >= 0")
+        require(self.learner in LEARNERS, "learner", "must be one of " + ", ".join(LEARNERS))
 
 
 class DQNAgent:
@@ -138,6 +144,17 @@ class DQNAgent:
             touched by construction.
         device: where the networks learn (``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a
             ``torch.device``). The replay buffer stays in CPU memory.
+        network: the Q-network, mapping ``(batch, obs_dim)`` float32 to ``(batch, n_actions)``;
+            a :class:`QNetwork` or a subclass (its ``arch`` is checked on resume). ``None``: a
+            ``QNetwork`` of ``config.hidden_sizes``/``config.dueling``, seeded by ``seed``.
+            Acting, learning and evaluation all run its ``forward``.
+        optimizer_class: the ``torch.optim`` optimizer of the autograd learner, built with
+            ``lr=config.learning_rate`` and ``optimizer_kwargs``.
+        optimizer_kwargs: its other keyword arguments.
+
+    Raises:
+        ConfigError: ``config.learner`` is ``fast`` but the network is not exactly
+            :class:`QNetwork` or the optimizer not Adam (:func:`choose_learner`).
     """
 
     def __init__(
@@ -148,24 +165,34 @@ class DQNAgent:
         *,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        network: QNetwork | None = None,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.obs_dim = int(obs_dim)
         self.n_actions = int(n_actions)
         self.device = resolve_device(str(device))
         self._rng = np.random.default_rng(seed)
+        kwargs = dict(optimizer_kwargs or {})
 
-        with torch.random.fork_rng(devices=[]):  # leaves the global CPU generator as it was
-            torch.default_generator.manual_seed(seed)
-            self.q_network = QNetwork(obs_dim, n_actions, config.hidden_sizes, config.dueling)
+        if network is None:
+            with torch.random.fork_rng(devices=[]):  # leaves the global CPU generator as it was
+                torch.default_generator.manual_seed(seed)
+                network = QNetwork(obs_dim, n_actions, config.hidden_sizes, config.dueling)
+        #: ``"fast"`` or ``"autograd"``: what ``config.learner`` resolved to for this network
+        #: and optimizer; saved in :meth:`state_dict` (a resume must use the same).
+        self.learner = choose_learner(config.learner, network, optimizer_class, kwargs)
+        self.q_network = network.to(self.device)
         self.target_network = copy.deepcopy(self.q_network)
-        self.q_network.to(self.device)
-        self.target_network.to(self.device)
-        # Each network's parameters (and the online one's gradients) are views of one flat
-        # tensor: Adam, the gradient norm and the target sync are one tensor op each.
-        self._params, self._grads = self.q_network.flatten_()
-        self._target_params, _ = self.target_network.flatten_()
-        self.optimizer = FlatAdam(self._params, lr=config.learning_rate)
+        self._learner: AutogradLearner | FastLearner
+        if self.learner == "fast":
+            self._learner = FastLearner(self.q_network, self.target_network, config, kwargs)
+        else:
+            self._learner = AutogradLearner(
+                self.q_network, self.target_network, config, optimizer_class, kwargs
+            )
+        self.optimizer = self._learner.optimizer
         self.buffer = ReplayBuffer(config.buffer_size, obs_dim, self.device)
         self._steps = 0
         self._episodes = 0
@@ -209,7 +236,7 @@ class DQNAgent:
         with torch.inference_mode():
             # A batch of one, as in learn(): the same matrix kernels as evaluation's forward.
             x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            return int(self.q_network.forward_flat(x).argmax())
+            return int(self._learner.q_values(x).argmax())
 
     def observe(
         self,
@@ -241,43 +268,14 @@ class DQNAgent:
 
     def learn(self) -> float:
         """One gradient step on a minibatch from the replay buffer; returns its Huber loss."""
-        cfg = self.config
-        batch = self.buffer.sample(self._rng, cfg.batch_size)
-        n = cfg.batch_size
-        # Q(s, .), and for Double DQN also the online Q(s', .), in one forward pass.
-        q_all, cache = self.q_network.forward_cached(
-            batch.both_observations if cfg.double_q else batch.observations
-        )
-        q = q_all[:n]
-
-        # TD target y = r + gamma * (1 - terminated) * Q_target(s', a'), no gradient through it.
-        target = td_target(
-            batch.rewards,
-            batch.dones,
-            cfg.gamma,
-            self.target_network.forward_flat(batch.next_observations),
-            q_all[n:] if cfg.double_q else None,
-        )
-
-        # Huber loss (delta 1) of the TD error d = Q(s, a) - y: with c = clamp(d, -1, 1) it is
-        # mean(c * (d - c / 2)), and its gradient dL/dQ(s, a) is c / n.
-        td_error = q.gather(1, batch.actions).sub_(target)
-        clipped = td_error.clamp(-1.0, 1.0)
-        loss = torch.dot(clipped.view(-1), td_error.sub_(clipped, alpha=0.5).view(-1))
-        grad_q = torch.zeros_like(q).scatter_(1, batch.actions, clipped.div_(n))
-
-        # Backpropagate, clip the global gradient norm as clip_grad_norm_ does, step Adam.
-        self.q_network.backward_cached(cache, grad_q)
-        scale = cfg.max_grad_norm / (float(torch.linalg.vector_norm(self._grads)) + 1e-6)
-        if scale < 1.0:
-            self._grads.mul_(scale)
-        self.optimizer.step()
+        batch = self.buffer.sample(self._rng, self.config.batch_size)
+        loss = self._learner.step(batch)
         self._gradient_steps += 1
-        return float(loss) / n
+        return loss
 
     def sync_target(self) -> None:
-        """Copy the online network's parameters into the target network."""
-        self._target_params.copy_(self._params)
+        """Copy the online network into the target network."""
+        self._learner.sync_target()
 
     def end_episode(self) -> None:
         """Count a finished episode."""
@@ -294,17 +292,19 @@ class DQNAgent:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: ``{"policy": ..., "training": ...}``.
 
-        ``policy`` is :meth:`policy_state_dict`. ``training`` holds the target network, the Adam
-        state, the replay buffer (filled rows, position, fill), the step, episode and gradient step
-        counters, epsilon (for reading; it follows from the steps), and the states of the agent's
-        generator and of the global python ``random``, numpy and torch (and CUDA) generators. All
+        ``policy`` is :meth:`policy_state_dict`. ``training`` holds the learner that wrote it
+        (``"fast"`` or ``"autograd"``), the target network, the optimizer state, the replay
+        buffer (filled rows, position, fill), the step, episode and gradient step counters,
+        epsilon (for reading; it follows from the steps), and the states of the agent's generator
+        and of the global python ``random``, numpy and torch (and CUDA) generators. All
         of it is tensors and plain Python values, copied: later training does not change it.
         """
         return {
             "policy": self.policy_state_dict(),
             "training": {
+                "learner": self.learner,
                 "target": {k: v.clone() for k, v in self.target_network.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self._learner.optimizer_state_dict(),
                 "buffer": self.buffer.state_dict(),
                 "steps": self._steps,
                 "episodes": self._episodes,
@@ -321,10 +321,14 @@ class DQNAgent:
         """Restore what :meth:`state_dict` returned, global random generators included.
 
         The learning rate stays this agent's ``config.learning_rate`` (a changed value takes
-        effect on resume); the network's shape and the buffer size must match the checkpoint's.
+        effect on resume); the network's shape, the buffer size and the learner must match the
+        checkpoint's. The two learners keep their optimizer state in different forms (one flat
+        Adam state, or ``torch.optim``'s per-parameter state of whichever optimizer), so a
+        checkpoint resumes only with the learner that wrote it.
 
         Raises:
-            ConfigError: the checkpoint's network shape or buffer size differs from this agent's.
+            ConfigError: the checkpoint's network shape, buffer size or learner differs from
+                this agent's.
             CheckpointError: ``state`` lacks its ``training`` part.
         """
         self._check_arch(state["policy"]["arch"])
@@ -334,10 +338,18 @@ class DQNAgent:
                 "it can be evaluated with DQNAgent.load_policy but not resumed"
             )
         training = state["training"]
+        # Checkpoints written before there was a choice of learner came from the fast path.
+        saved_learner = str(training.get("learner", "fast"))
+        if saved_learner != self.learner:
+            raise ConfigError(
+                f"checkpoint was trained with agent.learner={saved_learner}, this run uses "
+                f"{self.learner} (agent.learner={self.config.learner}); resume it with "
+                f"agent.learner={saved_learner}, or resume=never / a new name to start afresh"
+            )
         self.buffer.load_state_dict(training["buffer"])
         self.q_network.load_state_dict(state["policy"]["weights"])
         self.target_network.load_state_dict(training["target"])
-        self.optimizer.load_state_dict(training["optimizer"])
+        self._learner.load_optimizer_state_dict(training["optimizer"])
         self._steps = int(training["steps"])
         self._episodes = int(training["episodes"])
         saved = training.get("gradient_steps")
@@ -415,42 +427,29 @@ class DQNAgent:
 
     @classmethod
     def load_policy(
-        cls, policy_state: Mapping[str, Any], device: str | torch.device = "cpu"
+        cls,
+        policy_state: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        network: QNetwork | None = None,
     ) -> QNetwork:
         """The Q-network of a :meth:`policy_state_dict`, in eval mode, without any training state.
 
         The greedy action of an observation is ``q_network(obs).argmax(-1)``.
+
+        Args:
+            policy_state: what :meth:`policy_state_dict` returned.
+            device: where the network runs.
+            network: the network to load the weights into, for a policy trained with a network
+                of the caller's (a ``QNetwork`` subclass); ``None``: ``QNetwork.from_arch``.
+                Loading is strict, so a mismatched network is an error, never a silent change.
         """
-        with torch.random.fork_rng(devices=[]):  # init draws from the global generator: undo it
-            network = QNetwork.from_arch(policy_state["arch"])
+        if network is None:
+            # Initialisation draws from the global generator: undo it.
+            with torch.random.fork_rng(devices=[]):
+                network = QNetwork.from_arch(policy_state["arch"])
         network.load_state_dict(policy_state["weights"])
         target = resolve_device(str(device))
         return network.to(target).eval()
-
-
-def td_target(
-    rewards: torch.Tensor,
-    dones: torch.Tensor,
-    gamma: float,
-    q_next_target: torch.Tensor,
-    q_next_online: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The TD target ``y = r + gamma * (1 - done) * Q_target(s', a')``, shape ``(batch, 1)``.
-
-    Args:
-        rewards: ``(batch, 1)`` rewards of the transitions.
-        dones: ``(batch, 1)``, 1.0 where ``s'`` is terminal (then ``y = r``).
-        gamma: discount factor.
-        q_next_target: ``(batch, n_actions)``, the target network's Q-values of ``s'``.
-        q_next_online: ``(batch, n_actions)``, the online network's Q-values of ``s'``. Given:
-            Double DQN, ``a' = argmax_a Q_online(s', a)``; ``None``: DQN,
-            ``a' = argmax_a Q_target(s', a)``.
-    """
-    if q_next_online is not None:
-        q_next = q_next_target.gather(1, q_next_online.argmax(1, keepdim=True))
-    else:
-        q_next = q_next_target.amax(1, keepdim=True)
-    return torch.addcmul(rewards, 1.0 - dones, q_next, value=gamma)
 
 
 def greedy_action(q_network: QNetwork, obs: np.ndarray) -> int:
