@@ -665,6 +665,35 @@ def plot_sweep(sweep_dir: Path, jobs: Sequence[JobSummary], out: Path) -> Path:
 
 
 # -- command line ----------------------------------------------------------------------------------
+def mixed_sweep_notes(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[str]:
+    """Lines saying what makes a sweep's ranking compare unlike things, if anything does: jobs of
+    different lengths (a longer job had more chances at a best episode), or jobs launched by
+    different invocations of the sweep (``sweep_manifest.jsonl``; two unnamed sweeps share
+    ``multirun/sweep/``)."""
+    from finsense.sweeps import read_manifest
+
+    notes = []
+    lengths = sorted({job.episodes_done for job in jobs})
+    if len(lengths) > 1:
+        notes.append(
+            f"the jobs ran different numbers of episodes ({lengths[0]} to {lengths[-1]}): "
+            "their best values are not like for like"
+        )
+    last: dict[str, str | None] = {}
+    for event in read_manifest(sweep_dir):
+        last[event["job_dir"]] = event.get("invocation")
+    invocations = {last.get(job.job) for job in jobs}
+    if len(invocations) > 1:
+        known = sorted(i for i in invocations if i)
+        unknown = " (and jobs it has no record of)" if None in invocations else ""
+        notes.append(
+            f"the jobs come from {len(known)} sweep invocations{unknown}: "
+            f"{', '.join(known)}; see {sweep_dir / 'sweep_manifest.jsonl'}, or give each sweep "
+            "its own name=..."
+        )
+    return notes
+
+
 def _is_run_dir(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() or (path / "metrics.csv").is_file()
 
@@ -716,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     jobs = summarize_jobs(run_dir, jobs_dirs)
+    for note in mixed_sweep_notes(run_dir, jobs):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     path = plot_sweep(run_dir, jobs, run_dir / REPORT_DIR / "sweep_comparison.png")
     configs = aggregate_seeds(run_dir, jobs)
     if any(len(config.jobs) > 1 for config in configs):

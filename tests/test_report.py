@@ -327,3 +327,29 @@ def test_a_real_training_run_is_evaluated_and_reported(tmp_path: Path) -> None:
     assert reported.returncode == 0, reported.stderr
     for name in ("training_curve.png", "equity.png", "drawdown.png"):
         assert_png(run_dir / "report" / name)
+
+
+def test_a_sweep_mixing_lengths_and_invocations_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finsense import sweeps
+
+    sweep = tmp_path / "multirun" / "sweep"
+    write_run(sweep / "seed=0", episodes=10)
+    write_run(sweep / "seed=1", episodes=40)
+    assert report.main([str(sweep)]) == 0
+    err = capsys.readouterr().err
+    assert "note: the jobs ran different numbers of episodes (10 to 40)" in err
+    assert "invocations" not in err  # no manifest: nothing known to differ
+
+    for job, invocation in (("seed=0", "20260101T000000-1"), ("seed=1", "20260102T000000-2")):
+        (sweep / job / "metrics.csv").write_text((sweep / "seed=1" / "metrics.csv").read_text())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(sweeps.INVOCATION_ENV, invocation)  # as the sweep's process exports it
+            sweeps.record(sweep, sweep / job, "complete")
+    assert report.main([str(sweep)]) == 0
+    err = capsys.readouterr().err
+    assert "different numbers of episodes" not in err
+    assert (
+        "note: the jobs come from 2 sweep invocations: 20260101T000000-1, 20260102T000000-2" in err
+    )
