@@ -665,13 +665,35 @@ def plot_sweep(sweep_dir: Path, jobs: Sequence[JobSummary], out: Path) -> Path:
 
 
 # -- command line ----------------------------------------------------------------------------------
+def jobs_by_invocation(
+    sweep_dir: Path, jobs: Sequence[JobSummary]
+) -> list[tuple[str | None, list[JobSummary]]]:
+    """The jobs grouped by the sweep invocation that last ran them (``sweep_manifest.jsonl``),
+    oldest invocation first, each group in ``jobs``' order; jobs the manifest has no record of
+    form a last group keyed None."""
+    from finsense.sweeps import read_manifest
+
+    last: dict[str, str | None] = {}
+    order: list[str] = []
+    for event in read_manifest(sweep_dir):
+        invocation = event.get("invocation")
+        last[event["job_dir"]] = invocation
+        if invocation and invocation not in order:
+            order.append(invocation)
+    groups: dict[str | None, list[JobSummary]] = {}
+    for job in jobs:
+        groups.setdefault(last.get(job.job), []).append(job)
+    keys: list[str | None] = [i for i in order if i in groups]
+    if None in groups:
+        keys.append(None)
+    return [(key, groups[key]) for key in keys]
+
+
 def mixed_sweep_notes(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[str]:
     """Lines saying what makes a sweep's ranking compare unlike things, if anything does: jobs of
     different lengths (a longer job had more chances at a best episode), or jobs launched by
     different invocations of the sweep (``sweep_manifest.jsonl``; two unnamed sweeps share
     ``multirun/sweep/``)."""
-    from finsense.sweeps import read_manifest
-
     notes = []
     lengths = sorted({job.episodes_done for job in jobs})
     if len(lengths) > 1:
@@ -679,17 +701,14 @@ def mixed_sweep_notes(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[str]:
             f"the jobs ran different numbers of episodes ({lengths[0]} to {lengths[-1]}): "
             "their best values are not like for like"
         )
-    last: dict[str, str | None] = {}
-    for event in read_manifest(sweep_dir):
-        last[event["job_dir"]] = event.get("invocation")
-    invocations = {last.get(job.job) for job in jobs}
+    invocations = [key for key, _ in jobs_by_invocation(sweep_dir, jobs)]
     if len(invocations) > 1:
-        known = sorted(i for i in invocations if i)
+        known = [i for i in invocations if i]
         unknown = " (and jobs it has no record of)" if None in invocations else ""
         notes.append(
             f"the jobs come from {len(known)} sweep invocations{unknown}: "
-            f"{', '.join(known)}; see {sweep_dir / 'sweep_manifest.jsonl'}, or give each sweep "
-            "its own name=..."
+            f"{', '.join(known)}; ranked per invocation below (see "
+            f"{sweep_dir / 'sweep_manifest.jsonl'}), or give each sweep its own name=..."
         )
     return notes
 
@@ -748,8 +767,15 @@ def main(argv: list[str] | None = None) -> int:
     for note in mixed_sweep_notes(run_dir, jobs):
         print(f"{PROG}: note: {note}", file=sys.stderr)
     path = plot_sweep(run_dir, jobs, run_dir / REPORT_DIR / "sweep_comparison.png")
+    groups = jobs_by_invocation(run_dir, jobs)
     configs = aggregate_seeds(run_dir, jobs)
-    if any(len(config.jobs) > 1 for config in configs):
+    if len(groups) > 1:  # jobs of different sweeps are ranked apart
+        for invocation, members in groups:
+            print(f"Sweep invocation {invocation or '(no record)'}: {len(members)} jobs")
+            print(format_ranking(members))
+            print()
+        print(f"Wrote {path}")
+    elif any(len(config.jobs) > 1 for config in configs):
         print(format_seed_ranking(configs))
         seeds = plot_seed_aggregate(configs, run_dir / REPORT_DIR / "seed_aggregate.png")
         print(f"Wrote {path}")

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.lockfile import lock_held
-from finsense.sweeps import FAILED_MARKER, failed_error
+from finsense.sweeps import FAILED_MARKER, failed_error, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class RunStatus:
         state: ``running``, ``running (damaged)``, ``failed`` (a sweep job whose last run failed),
             ``damaged``, ``complete``, ``interrupted`` or ``empty``.
         corrupt_files: names of the ``*.corrupt`` files in ``models/``, sorted.
+        sweep_invocation: for a sweep job, the id of the sweep invocation that last ran it (from
+            the sweep's ``sweep_manifest.jsonl``); ``None`` otherwise.
     """
 
     run_dir: str
@@ -79,6 +81,7 @@ class RunStatus:
     updated_at: datetime | None
     state: str
     corrupt_files: tuple[str, ...] = ()
+    sweep_invocation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The status as a JSON-ready dict (``updated_at`` as ISO 8601 with UTC offset)."""
@@ -95,6 +98,7 @@ class RunStatus:
             else None,
             "state": self.state,
             "corrupt_files": list(self.corrupt_files),
+            "sweep_invocation": self.sweep_invocation,
         }
 
 
@@ -302,15 +306,27 @@ def collect(dirs: Sequence[Path]) -> list[RunStatus]:
                 f"{d} {what}; pass a run directory or a folder of runs (e.g. outputs/ or multirun/)"
             )
     seen: set[Path] = set()
-    runs: list[RunStatus] = []
+    runs: list[tuple[str, RunStatus]] = []
+    invocations: dict[Path, dict[str, str | None]] = {}
     for d in dirs:
         for run_dir in find_run_dirs(Path(os.path.abspath(d))):
             key = run_dir.resolve()
             if key in seen:
                 continue
             seen.add(key)
-            runs.append(read_run(run_dir, cwd))
-    return sorted(runs, key=lambda r: r.run_dir)
+            sweep = run_dir.parent
+            if sweep not in invocations:  # one read of each sweep's manifest
+                invocations[sweep] = {
+                    e["job_dir"]: e.get("invocation") for e in read_manifest(sweep)
+                }
+            run = read_run(run_dir, cwd)
+            invocation = invocations[sweep].get(run_dir.name)
+            if invocation is not None:
+                run = replace(run, sweep_invocation=invocation)
+            runs.append((str(sweep), run))
+    # A sweep's jobs grouped by the invocation that last ran them, oldest first.
+    runs.sort(key=lambda item: (item[0], item[1].sweep_invocation or "", item[1].run_dir))
+    return [run for _, run in runs]
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -338,9 +354,15 @@ def _row(run: RunStatus) -> tuple[str, ...]:
 
 
 def format_table(runs: Sequence[RunStatus]) -> str:
-    """Runs as a plain-text table with aligned columns and a header line."""
-    rows = [COLUMNS, *(_row(r) for r in runs)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    """Runs as a plain-text table with aligned columns and a header line (and a SWEEP column,
+    the invocation that last ran each job, when any run is a recorded sweep job)."""
+    columns = COLUMNS
+    rows = [_row(r) for r in runs]
+    if any(r.sweep_invocation for r in runs):
+        columns = (*COLUMNS, "SWEEP")
+        rows = [(*row, r.sweep_invocation or "-") for row, r in zip(rows, runs, strict=True)]
+    rows = [columns, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows

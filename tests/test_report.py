@@ -353,3 +353,10 @@ def test_a_sweep_mixing_lengths_and_invocations_says_so(
     assert (
         "note: the jobs come from 2 sweep invocations: 20260101T000000-1, 20260102T000000-2" in err
     )
+    assert report.main([str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # Ranked apart, one table per invocation, oldest first.
+    assert out[0] == "Sweep invocation 20260101T000000-1: 1 jobs"
+    assert out[1].split()[:2] == ["RANK", "JOB"] and out[2].split()[1] == "seed=0"
+    assert out[4] == "Sweep invocation 20260102T000000-2: 1 jobs"
+    assert out[6].split()[1] == "seed=1"

@@ -27,6 +27,7 @@ JSON_KEYS = {
     "updated_at",
     "state",
     "corrupt_files",
+    "sweep_invocation",
 }
 
 
@@ -296,6 +297,7 @@ def test_json_output_has_every_key_with_plain_values(
         "updated_at": row["updated_at"],
         "state": "damaged",
         "corrupt_files": ["model_ep7.pt.corrupt"],
+        "sweep_invocation": None,
     }
     when = datetime.fromisoformat(row["updated_at"])
     assert when == datetime(2026, 11, 29, 3, 6, tzinfo=UTC)
@@ -365,3 +367,27 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     )
     assert done.returncode == 128 + 13, done.stderr  # 128 + SIGPIPE, as Unix tools exit
     assert done.stderr == ""
+
+
+def test_sweep_jobs_are_grouped_by_the_invocation_that_last_ran_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finsense import sweeps
+
+    sweep = tmp_path / "multirun" / "sweep"
+    for job, invocation in (("a=1", "20260102T000000-2"), ("a=2", "20260101T000000-1")):
+        (sweep / job / "models").mkdir(parents=True)
+        monkeypatch.setenv(sweeps.INVOCATION_ENV, invocation)
+        sweeps.record(sweep, sweep / job, "complete")
+    (sweep / "a=3" / "models").mkdir(parents=True)  # a job the manifest has no record of
+    monkeypatch.chdir(tmp_path)
+    runs = collect([Path("multirun")])
+    assert [(r.run_dir, r.sweep_invocation) for r in runs] == [
+        ("multirun/sweep/a=3", None),
+        ("multirun/sweep/a=2", "20260101T000000-1"),
+        ("multirun/sweep/a=1", "20260102T000000-2"),
+    ]
+    assert main(["multirun"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "SWEEP" and lines[1].split()[-1] == "-"
+    assert lines[2].split()[-1] == "20260101T000000-1"
