@@ -8,8 +8,10 @@ The YAML files in ``conf/`` hold the values; these dataclasses hold the schema, 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from importlib.resources import files
 from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,19 +32,22 @@ EPISODE_METRIC_NAMES: tuple[str, ...] = (
     "final_equity",
 )
 
-#: Keys that do not change what an experiment is; they never change its run directory.
-NON_EXPERIMENT_KEYS: tuple[str, ...] = (
-    "episodes",
-    "resume",
-    "device",
-    "name",
-    "threads",
-    "progress",
-    "logger",
-    "eval_every",
-    "checkpoints",
-    "hydra",
-)
+
+def non_experiment_keys() -> tuple[str, ...]:
+    """Keys that do not change what an experiment is, so they never change its run directory:
+    the one list, ``hydra.job.config.override_dirname.exclude_keys`` in ``conf/config.yaml``
+    (``episodes``, ``device``, ``checkpoints.*``, ...). The drift check and the report's seed
+    grouping read it from there too."""
+    return _non_experiment_keys()
+
+
+@functools.cache
+def _non_experiment_keys() -> tuple[str, ...]:
+    import yaml
+
+    text = (files("finsense") / "conf" / "config.yaml").read_text(encoding="utf-8")
+    hydra = yaml.safe_load(text)["hydra"]
+    return tuple(hydra["job"]["config"]["override_dirname"]["exclude_keys"])
 
 
 @dataclass

@@ -43,6 +43,7 @@ from finsense.checkpoint import (
 )
 from finsense.envs.trading import TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
+from finsense.runs import relative_to_run
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ class EvalResult:
         """The content of ``test_metrics.json`` (paths relative to ``run_dir`` when inside it)."""
         checkpoint: str | None = None
         if self.checkpoint is not None:
-            checkpoint = _relative(self.checkpoint, run_dir) if run_dir else str(self.checkpoint)
+            checkpoint = (
+                relative_to_run(self.checkpoint, run_dir) if run_dir else str(self.checkpoint)
+            )
         dates = self.curve.dates
         return {
             "agent": dict(self.agent),
@@ -464,10 +467,3 @@ def read_equity(path: Path) -> EquityCurve:
 
 def _iso_date(value: Any) -> str:
     return str(np.datetime64(value, "D"))
-
-
-def _relative(path: Path, run_dir: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
-    except ValueError:
-        return str(path)

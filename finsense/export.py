@@ -49,6 +49,7 @@ from finsense.data.market import n_test_rows
 from finsense.envs.trading import FEATURE_CLIP, TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
 from finsense.evaluation import load_run_config, run_env_kwargs, select_checkpoint
+from finsense.runs import relative_to_run
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +356,6 @@ def _program_bytes(network: QNetwork) -> bytes:
     return buffer.getvalue()
 
 
-def _relative(path: Path, run_dir: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(run_dir.resolve()))
-    except ValueError:
-        return str(path)
-
-
 def export_policy(
     run_dir: str | Path, checkpoint: str | Path = "best", out: str | Path | None = None
 ) -> ExportResult:
@@ -403,7 +397,7 @@ def export_policy(
     episode = episode if isinstance(episode, int) and not isinstance(episode, bool) else None
     sha256, verified = _checkpoint_sha256(path, metadata)
     checkpoint_info = {
-        "path": _relative(path, run_dir),
+        "path": relative_to_run(path, run_dir),
         "episode": episode,
         "metrics": metadata.get("metrics"),
         "metric_name": metadata.get("metric_name"),

@@ -41,6 +41,7 @@ import numpy as np
 
 from finsense import metrics
 from finsense.cli import quiet_on_closed_stdout
+from finsense.config import non_experiment_keys
 from finsense.errors import FinSenseError
 from finsense.evaluation import (
     EQUITY_FILE,
@@ -394,9 +395,6 @@ class JobSummary:
     config_key: str = ""
 
 
-#: Config keys that never change what an experiment is (as ``hydra.job.config.override_dirname``'s
-#: exclude list in conf/config.yaml), left out of the grouping key with ``seed`` itself.
-_NOT_THE_EXPERIMENT = ("seed", "name", "resume", "device", "threads", "progress", "logger")
 _SEED_PART = re.compile(r"^seed=(-?\d+)$")
 
 
@@ -411,7 +409,9 @@ def _seed_and_key(run_dir: Path, job: str) -> tuple[int | None, str]:
     except (OSError, yaml.YAMLError):
         cfg = None
     if isinstance(cfg, dict) and isinstance(cfg.get("seed"), int):
-        rest = {k: v for k, v in cfg.items() if k not in _NOT_THE_EXPERIMENT}
+        # Keys that never change what an experiment is are left out, with seed itself.
+        ignored = {"seed", *non_experiment_keys()}
+        rest = {k: v for k, v in cfg.items() if k not in ignored}
         return cfg["seed"], json.dumps(rest, sort_keys=True, default=str)
     # No seed recorded: the directory name is all there is (a job without seed=N in it is alone).
     parts = job.split(",")

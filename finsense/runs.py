@@ -40,6 +40,15 @@ class RunNotFoundError(FinSenseError):
     """No run directory where the given overrides (or none: the default run) put it."""
 
 
+def relative_to_run(path: str | Path, run_dir: str | Path) -> str:
+    """``path`` as shown to users: relative to the run directory when it lies inside it
+    (``models/model_ep10.pt``), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_dir_for(overrides: Sequence[str]) -> Path:
     """The run directory ``python -m finsense.train *overrides`` uses (relative to the current
     directory, as the train command's is); the directory need not exist.

@@ -511,12 +511,9 @@ class _InterruptedError(Exception):
 
 
 def _relative(path: Path | None, run_dir: Path) -> str:
-    if path is None:
-        return "(none)"
-    try:
-        return str(Path(path).resolve().relative_to(run_dir.resolve()))
-    except ValueError:
-        return str(path)
+    from finsense.runs import relative_to_run
+
+    return "(none)" if path is None else relative_to_run(path, run_dir)
 
 
 def _print_summary(result: Any, run_dir: Path) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from finsense.checkpoint import CheckpointInfo, CheckpointManager, metadata_path, write_bytes_atomic
 from finsense.errors import CheckpointError, ConfigError
+from finsense.runs import relative_to_run
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ STRUCTURAL_KEYS: tuple[str, ...] = (
     "agent.buffer_size",
     "env.window_size",
     "env.allow_short",
-)
-#: Keys that never count as drift: they say how long or how to run, not what is trained.
-RUN_KEYS: tuple[str, ...] = (
-    "episodes",
-    "resume",
-    "device",
-    "threads",
-    "progress",
-    "logger",
-    "name",
 )
 
 
@@ -283,9 +274,12 @@ def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[s
     """Compare two plain run configs; return (structural, other) changes as readable lines."""
     structural: list[str] = []
     other: list[str] = []
+    from finsense.config import non_experiment_keys
+
+    not_experiment = set(non_experiment_keys())  # how long or how to run, not what is trained
     flat_saved, flat_current = _flatten(saved), _flatten(current)
     for key in sorted(set(flat_saved) | set(flat_current)):
-        if key in RUN_KEYS or key.startswith("hydra."):
+        if key in not_experiment or key.startswith("hydra."):
             continue
         old, new = flat_saved.get(key, "<absent>"), flat_current.get(key, "<absent>")
         if old == new:
@@ -608,10 +602,7 @@ class Trainer:
             bar.close()
 
     def _rel(self, path: Path) -> str:
-        try:
-            return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
-        except ValueError:
-            return str(path)
+        return relative_to_run(path, self.run_dir)
 
 
 def _file_only(message: str) -> None:
