@@ -346,6 +346,10 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_without_a_traceback(tmp_path: P
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert "Traceback" not in out and "KeyboardInterrupt" not in out, f"{delay} s: {out}"
-        if proc.returncode != 0:  # not finished yet when the signal came
-            assert proc.returncode == 130, out
+        if proc.returncode == 130:  # stopped before the run finished: says so in one line
             assert out.strip().splitlines()[-1].startswith("Interrupted"), out
+        elif proc.returncode != 0:
+            # The run had finished ("Training complete") and the signal met the interpreter's
+            # shutdown: Python then ends by SIGINT itself, as Unix tools do (the shell says 130).
+            assert proc.returncode == -signal.SIGINT, out
+            assert "Training complete: 3/3 episodes" in out, out
