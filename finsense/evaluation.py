@@ -380,19 +380,10 @@ def run_evaluation(
     config = load_run_config(run_dir)
     env_kwargs = run_env_kwargs(run_dir, config)
     manager, selected = select_checkpoint(run_dir, config, checkpoint)
-    path = _path_of(selected)
-    state, _, metadata = manager.load(selected, with_training_state=False)
-    if not isinstance(state, dict) or "policy" not in state:
-        raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
-    try:
-        q_network = DQNAgent.load_policy(state["policy"], device="cpu")
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"
-        ) from None
+    q_network, metadata, path = load_policy_network(manager, selected)
 
     result = evaluate_policy(q_network, env_kwargs, seeds_random=seeds_random)
-    episode = metadata.get("episode") if isinstance(metadata, dict) else None
+    episode = metadata.get("episode")
     result = replace(
         result,
         episode=episode if isinstance(episode, int) else None,
@@ -400,6 +391,28 @@ def run_evaluation(
     )
     write_results(result, run_dir)
     return result
+
+
+def load_policy_network(
+    manager: CheckpointManager, selected: CheckpointInfo | Path
+) -> tuple[QNetwork, dict[str, Any], Path]:
+    """The policy network of ``selected`` (eval mode, CPU), its metadata and its file, loaded
+    with the manager that selected it (see :func:`select_checkpoint`).
+
+    Raises:
+        CheckpointError: the checkpoint holds no policy or not a FinSense one.
+    """
+    path = _path_of(selected)
+    state, _, metadata = manager.load(selected, with_training_state=False)
+    if not isinstance(state, dict) or "policy" not in state:
+        raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
+    try:
+        network = DQNAgent.load_policy(state["policy"], device="cpu")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"
+        ) from None
+    return network, metadata if isinstance(metadata, dict) else {}, path
 
 
 def _path_of(selected: CheckpointInfo | Path) -> Path:

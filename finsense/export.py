@@ -37,10 +37,8 @@ from typing import Any
 import torch
 
 import finsense
-from finsense.agents import DQNAgent, QNetwork
+from finsense.agents import QNetwork
 from finsense.checkpoint import (
-    CheckpointInfo,
-    CheckpointManager,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -48,7 +46,12 @@ from finsense.cli import quiet_on_closed_stdout
 from finsense.data.market import n_test_rows
 from finsense.envs.trading import FEATURE_CLIP, TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
-from finsense.evaluation import load_run_config, run_env_kwargs, select_checkpoint
+from finsense.evaluation import (
+    load_policy_network,
+    load_run_config,
+    run_env_kwargs,
+    select_checkpoint,
+)
 from finsense.runs import relative_to_run
 
 log = logging.getLogger(__name__)
@@ -92,23 +95,6 @@ class ExportResult:
 
 
 # -- choosing and loading the checkpoint ------------------------------------------------------
-def _load_network(
-    manager: CheckpointManager, selected: CheckpointInfo | Path
-) -> tuple[QNetwork, dict[str, Any], Path]:
-    """The policy network of ``selected`` (eval mode, CPU), its metadata and its file."""
-    path = selected.path if isinstance(selected, CheckpointInfo) else Path(selected)
-    state, _, metadata = manager.load(selected, with_training_state=False)
-    if not isinstance(state, dict) or "policy" not in state:
-        raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
-    try:
-        network = DQNAgent.load_policy(state["policy"], device="cpu")
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"
-        ) from None
-    return network, metadata if isinstance(metadata, dict) else {}, path
-
-
 def _checkpoint_sha256(path: Path, metadata: Mapping[str, Any]) -> tuple[str | None, bool]:
     """The model file's SHA-256 and whether the store verified it.
 
@@ -376,7 +362,7 @@ def export_policy(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     manager, selected = select_checkpoint(run_dir, config, checkpoint, doing="exporting")
-    network, metadata, path = _load_network(manager, selected)
+    network, metadata, path = load_policy_network(manager, selected)
 
     # The env gives the observation scale (a constant of the dataset) and the action meanings;
     # split "all" needs no test rows, so a run trained without a test split exports too.
