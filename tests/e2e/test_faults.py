@@ -194,14 +194,7 @@ def test_sighup_of_a_dropped_terminal_finishes_the_episode_saves_and_exits_129(
     assert f"Stopped by SIGHUP after episode {last}; checkpoint saved" in log
     assert "Traceback" not in log and "Logging error" not in log
 
-    resumed = subprocess.run(
-        train_argv(f"hydra.run.dir={run_dir}", f"episodes={last + 1}"),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    resumed = _run(tmp_path, run_dir, f"episodes={last + 1}")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Auto-resuming from episode {last}: models/model_ep{last}.pt" in resumed.stdout
 
@@ -332,16 +325,11 @@ def test_a_read_only_run_directory_is_one_line_for_train_and_evaluate(
     assert _digests(source) == before
 
 
-def test_ctrl_c_in_the_first_seconds_is_one_line_without_a_traceback(tmp_path: Path) -> None:
+def test_ctrl_c_in_the_first_seconds_is_one_line_without_a_traceback(
+    tmp_path: Path, start_train
+) -> None:
     for delay in (0.1, 0.4, 0.8, 1.2, 1.6, 2.0):
-        proc = subprocess.Popen(
-            train_argv(f"hydra.run.dir={tmp_path / 'run'}", "episodes=3"),
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        proc = start_train(f"hydra.run.dir={tmp_path / 'run'}", "episodes=3")
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
