@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,3 +84,14 @@ def status_output(cwd: Path, *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def kill_when(proc: subprocess.Popen[Any], predicate: Callable[[], bool], timeout: float) -> None:
+    """SIGKILL ``proc`` once ``predicate()`` holds; fail at once if ``proc`` exits first (a bad
+    command line would otherwise cost the whole timeout). The process is killed either way."""
+    try:
+        wait_for(lambda: proc.poll() is not None or predicate(), timeout=timeout)
+        assert proc.poll() is None, f"the process exited early with code {proc.returncode}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

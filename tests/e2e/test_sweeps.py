@@ -16,6 +16,7 @@ import yaml
 from finsense.lockfile import lock_held
 from tests.e2e.helpers import (
     TINY,
+    kill_when,
     load_checkpoint_tensors,
     subprocess_env,
     train_argv,
@@ -66,16 +67,7 @@ def test_killed_sweep_resumes_every_job_in_place(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     root = tmp_path / "multirun" / "sweep"
-    try:
-        # Stop waiting at once if the sweep died (a bad command line would otherwise cost 180 s).
-        wait_for(
-            lambda: proc.poll() is not None or len(list(root.glob("*/metrics.csv"))) >= 2,
-            timeout=180,
-        )
-        assert proc.poll() is None, f"the sweep exited early with code {proc.returncode}"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, lambda: len(list(root.glob("*/metrics.csv"))) >= 2, timeout=180)
     jobs = _job_dirs(tmp_path)
     assert "agent.gamma=0.9,seed=0" in jobs
 
@@ -227,12 +219,7 @@ def test_killed_joblib_launcher_takes_its_orphaned_workers_down(tmp_path: Path) 
         found = list(root.glob("*/metrics.csv"))
         return len(found) == 2 and all(len(p.read_text().splitlines()) > 3 for p in found)
 
-    try:
-        wait_for(lambda: proc.poll() is not None or both_training(), timeout=180)
-        assert proc.poll() is None, f"the sweep exited early with code {proc.returncode}"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, both_training, timeout=180)
 
     killed_at = time.monotonic()
     left = _processes_left_by(proc.pid, tmp_path)
@@ -307,12 +294,7 @@ def test_killed_optuna_search_resumes_its_study(tmp_path: Path) -> None:
         # Killed after its first checkpoint, so that the re-run can resume it.
         return len({p.parent.parent for p in root.glob("*/models/model_ep*.json")}) >= 4
 
-    try:
-        wait_for(lambda: proc.poll() is not None or fourth_trial_training(), timeout=240)
-        assert proc.poll() is None, f"the search exited early with code {proc.returncode}"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, fourth_trial_training, timeout=240)
     states = _study_states(db)
     assert states.count("COMPLETE") == 3 and states.count("RUNNING") == 1, states
     finished = {
