@@ -1,20 +1,22 @@
-"""Structured configs: the types, defaults and ranges of every key in ``conf/``.
+"""Structured configs: the types, defaults and ranges of the run-level keys in ``conf/``.
 
 Hydra checks types when it composes the config (``episodes=abc`` fails before any work starts);
-:func:`validate` checks ranges and cross-key rules and raises :class:`ConfigError` naming the key.
-The YAML files in ``conf/`` hold the values; these dataclasses hold the schema, in one place.
+:func:`validate` checks ranges and raises :class:`ConfigError` naming the key. The components
+(``agent``, its ``network`` and ``optimizer``, ``env``, ``logger``) are nodes with a ``_target_``
+that :mod:`finsense.components` builds with ``hydra.utils.instantiate``: their keys are the keyword
+arguments of their targets, and each target checks its own (one validation layer, next to the
+code that uses the value).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import math
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib.resources import files
 from typing import Any, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finsense.errors import ConfigError
@@ -57,81 +59,31 @@ class CheckpointsConfig:
     save_frequency: int = 10  # save every N episodes (the final episode is always saved)
     max_keep: int = 5  # newest episodic checkpoints kept; best_model.* is always kept
     save_best: bool = True  # keep best_model.pt/json, chosen by metric_name
-    metric_name: str = "total_profit"  # any key of the episode metrics (test_* with eval_every)
+    # Any key of the env's episode metrics (test_* with eval_every); null: the env's main metric
+    # (total_profit for trading envs, episode_return for others).
+    metric_name: str | None = None
     mode: str = "max"  # max or min: which direction of metric_name is better
     save_every_minutes: float | None = None  # also save when this much wall time has passed
-
-
-@dataclass
-class DataConfig:
-    """Where prices come from (``env.data.*``)."""
-
-    source: str = "synthetic"  # synthetic | sample | file
-    path: str | None = None  # CSV or Parquet file (source=file)
-    sample: str = "GOOGL"  # shipped sample (source=sample)
-    date_column: str = "Date"
-    close_column: str = "Close"
-    test_fraction: float = 0.2  # last fraction of rows held out for evaluation
-    n_steps: int = 2000  # synthetic: number of daily prices
-    seed: int = 0  # synthetic: the price path's own seed (independent of the run seed)
-    initial_price: float = 100.0
-    drift: float = 0.0002  # synthetic: mean daily log return
-    volatility: float = 0.01  # synthetic: daily log-return std
-    ar_coef: float = 0.0  # synthetic: planted momentum, AR(1) coefficient on returns
-    regime_switch_prob: float = 0.0  # synthetic: per-day probability of a drift regime switch
-    regime_drift: float = 0.001  # synthetic: +/- drift of the two regimes
-
-
-@dataclass
-class EnvConfig:
-    """The trading environment (``env.*``); keyword arguments of ``finsense/Trading-v0``."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    window_size: int = 30  # past log returns in each observation
-    episode_length: int | None = 252  # steps per episode; null = the whole training split
-    random_start: bool = True  # start each episode at a seeded random offset
-    fee: float = 0.001  # proportional cost on traded notional
-    allow_short: bool = False  # actions {flat, long} or {short, flat, long}
-    initial_cash: float = 10_000.0
-    reward: str = "log_return"  # log_return | profit
-
-
-def _agent_schema() -> type:
-    """``agent.*``: the fields of :class:`finsense.agents.DQNConfig` (one place for names, types
-    and defaults) plus ``name``, as a mutable dataclass Hydra can merge overrides into."""
-    from finsense.agents import DQNConfig
-
-    hints = get_type_hints(DQNConfig)
-    specs: list[tuple[str, Any, Any]] = [("name", str, field(default="dqn"))]
-    for f in fields(DQNConfig):
-        if f.name == "hidden_sizes":
-            sizes: list[int] = list(DQNConfig.hidden_sizes)
-            specs.append((f.name, list[int], field(default_factory=sizes.copy)))
-        else:
-            specs.append((f.name, hints[f.name], field(default=f.default)))
-    schema = make_dataclass("AgentConfig", specs)
-    schema.__doc__ = "DQN hyperparameters (``agent.*``); names follow Stable-Baselines3."
-    return schema
-
-
-AgentConfig = _agent_schema()
 
 
 @dataclass
 class FinSenseConfig:
     """The whole run config: groups plus run-level keys."""
 
-    agent: AgentConfig = field(default_factory=AgentConfig)  # type: ignore[valid-type]
-    env: EnvConfig = field(default_factory=EnvConfig)
+    # Components: each a node with a ``_target_`` (see :mod:`finsense.components`); their keys
+    # are the keyword arguments of their targets, which check them (one validation layer).
+    agent: Any = field(default_factory=dict)
+    env: Any = field(default_factory=dict)
+    logger: Any = field(default_factory=dict)  # name -> logger node; metrics.csv is always kept
     checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     episodes: int = 300  # total training episodes (raise it later to extend a run)
+    max_steps: int | None = None  # or stop at the end of the episode where env steps reach this
     seed: int = 0
     resume: str = "auto"  # auto | never | path to a checkpoint .pt
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     threads: int | None = None  # torch threads; null = FinSense's measured default
     name: str | None = None  # optional run name, part of the run directory
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
-    logger: str = "csv"  # csv | tensorboard
     eval_every: int = 0  # evaluate on the test split every N episodes (0 = never)
 
 
@@ -148,12 +100,36 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
         raise ConfigError(f"{key} {rule}, got {value!r}")
 
 
-def metric_names(cfg: DictConfig | FinSenseConfig) -> tuple[str, ...]:
-    """The names ``checkpoints.metric_name`` may take for this config."""
-    names = EPISODE_METRIC_NAMES
+def metric_names(
+    cfg: DictConfig | FinSenseConfig, episode_metrics: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The names ``checkpoints.metric_name`` may take: the env's ``episode_metrics``, and their
+    ``test_*`` twins when ``eval_every`` evaluates the test split."""
+    names = tuple(episode_metrics)
     if int(cfg.eval_every) > 0:
-        names = names + tuple(f"test_{n}" for n in EPISODE_METRIC_NAMES)
+        names = names + tuple(f"test_{n}" for n in episode_metrics)
     return names
+
+
+def check_metric_name(cfg: DictConfig, episode_metrics: tuple[str, ...]) -> str:
+    """The ``checkpoints.metric_name`` of this run: the configured one if the env reports it,
+    else (null) the env's main metric, ``episode_metrics[0]``.
+
+    Raises:
+        ConfigError: a name the env does not report, with the names it does.
+    """
+    name = cfg.checkpoints.metric_name
+    if name is None:
+        return episode_metrics[0]
+    names = metric_names(cfg, episode_metrics)
+    if name not in names:
+        test_hint = str(name).startswith("test_") and int(cfg.eval_every) <= 0
+        hint = " (test_* metrics need eval_every > 0)" if test_hint else ""
+        raise ConfigError(
+            f"checkpoints.metric_name: unknown metric {name!r}; "
+            f"choose one of {', '.join(names)}{hint}"
+        )
+    return str(name)
 
 
 #: Top-level keys Hydra itself may put in a composed config (``compose(return_hydra_config=True)``).
@@ -171,12 +147,40 @@ def _unknown_key(key: str, group: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{full} is not {where}; remove it (the keys are: {', '.join(known)})")
 
 
+def unknown_key(key: str, group: str, known: list[str]) -> ConfigError:
+    """:func:`_unknown_key` for components that check their own keys (agents, envs)."""
+    return _unknown_key(key, group, [k for k in known if not k.startswith("_")])
+
+
+def _read(node: DictConfig, key: str, full: str) -> Any:
+    if OmegaConf.is_missing(node, key):
+        raise ConfigError(f"{full} has no value (???); set it: {full}=...")
+    try:
+        return node[key]
+    except OmegaConfBaseException as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{full} cannot be read: {reason}") from None
+
+
+def _check_readable(node: DictConfig | ListConfig, group: str) -> None:
+    """Every value of a component node can be read: no ``???`` left, no broken interpolation."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node)
+    for key in keys:
+        full = f"{group}[{key}]" if isinstance(key, int) else f"{group}.{key}"
+        value = _read(node, key, full)  # type: ignore[arg-type]
+        if isinstance(value, DictConfig | ListConfig):
+            _check_readable(value, full)
+
+
 def _check_keys(node: DictConfig, schema: type, group: str = "") -> None:
     """Refuse keys the schema does not have, at every level, and values that cannot be read.
 
     Hydra's structured config rejects ``foo=1`` at composition, but ``+foo=1`` and ``++foo=1``
     add keys with ``force_add``, which bypasses the struct flag and the dataclass schema by
     design; so the composed config is checked against the dataclasses here, before any work.
+    Component nodes (``agent``, ``env``, ``logger``: typed ``Any``) are the keyword arguments of
+    their ``_target_``, which checks its own keys when it is built; here only that every value
+    can be read.
     """
     hints = get_type_hints(schema)
     known = [f.name for f in fields(schema)]
@@ -187,23 +191,27 @@ def _check_keys(node: DictConfig, schema: type, group: str = "") -> None:
             if not group and key in _HYDRA_KEYS:
                 continue
             raise _unknown_key(key, group, known)
-        if OmegaConf.is_missing(node, key):
-            raise ConfigError(f"{full} has no value (???); set it: {full}=...")
-        try:
-            value = node[key]
-        except OmegaConfBaseException as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"{full} cannot be read: {reason}") from None
+        value = _read(node, key, full)
         sub = hints[key]
         if is_dataclass(sub) and isinstance(sub, type) and isinstance(value, DictConfig):
             _check_keys(value, sub, full)
+        elif sub is Any and isinstance(value, DictConfig | ListConfig):
+            _check_readable(value, full)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check keys, ranges and cross-key rules of a composed config; raise ConfigError naming the
-    key."""
+    """Check the run-level keys and ``checkpoints.*`` of a composed config; raise ConfigError
+    naming the key. The components (agent, network, env, loggers) check their own keys when
+    they are built (:mod:`finsense.components`), and ``checkpoints.metric_name`` is checked
+    against the env's metrics then (:func:`check_metric_name`)."""
     _check_keys(cfg, FinSenseConfig)
     _require(cfg.episodes >= 1, "episodes", "must be >= 1", cfg.episodes)
+    _require(
+        cfg.max_steps is None or cfg.max_steps >= 1,
+        "max_steps",
+        "must be >= 1 or null",
+        cfg.max_steps,
+    )
     _require(
         cfg.resume is not None and str(cfg.resume) != "",
         "resume",
@@ -213,13 +221,16 @@ def validate(cfg: DictConfig) -> None:
     _require(
         cfg.progress in ("auto", "bar", "log"), "progress", "must be auto, bar or log", cfg.progress
     )
-    _require(
-        cfg.logger in ("csv", "tensorboard"), "logger", "must be csv or tensorboard", cfg.logger
-    )
     _require(cfg.eval_every >= 0, "eval_every", "must be >= 0", cfg.eval_every)
     _require(
         cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or null", cfg.threads
     )
+    for group in ("agent", "env"):
+        if "_target_" not in cfg[group]:
+            raise ConfigError(
+                f"{group} has no _target_ (what to build); choose a preset ({group}=...) or "
+                f"set {group}._target_=package.module.Class"
+            )
 
     ck = cfg.checkpoints
     _require(
@@ -233,88 +244,6 @@ def validate(cfg: DictConfig) -> None:
         "must be > 0 or null",
         ck.save_every_minutes,
     )
-    names = metric_names(cfg)
-    if ck.metric_name not in names:
-        hint = "" if int(cfg.eval_every) > 0 else " (test_* metrics need eval_every > 0)"
-        raise ConfigError(
-            f"checkpoints.metric_name: unknown metric {ck.metric_name!r}; "
-            f"choose one of {', '.join(names)}{hint}"
-        )
-
-    ag = cfg.agent
-    _require(
-        ag.learning_rate > 0 and math.isfinite(ag.learning_rate),
-        "agent.learning_rate",
-        "must be > 0",
-        ag.learning_rate,
-    )
-    _require(ag.buffer_size >= 1, "agent.buffer_size", "must be >= 1", ag.buffer_size)
-    _require(ag.batch_size >= 1, "agent.batch_size", "must be >= 1", ag.batch_size)
-    if ag.batch_size > ag.buffer_size:
-        # Sampling is with replacement, so it would run, but every batch would repeat transitions
-        # many times over and cost memory and time out of all proportion (issue 10).
-        raise ConfigError(
-            f"agent.batch_size={ag.batch_size} must be <= agent.buffer_size={ag.buffer_size}; "
-            "lower agent.batch_size or raise agent.buffer_size"
-        )
-    _require(ag.learning_starts >= 0, "agent.learning_starts", "must be >= 0", ag.learning_starts)
-    _require(0.0 <= ag.gamma <= 1.0, "agent.gamma", "must be in [0, 1]", ag.gamma)
-    _require(ag.train_freq >= 1, "agent.train_freq", "must be >= 1", ag.train_freq)
-    _require(ag.gradient_steps >= 1, "agent.gradient_steps", "must be >= 1", ag.gradient_steps)
-    _require(
-        ag.target_update_interval >= 1,
-        "agent.target_update_interval",
-        "must be >= 1",
-        ag.target_update_interval,
-    )
-    _require(
-        len(ag.hidden_sizes) >= 1 and all(h >= 1 for h in ag.hidden_sizes),
-        "agent.hidden_sizes",
-        "must be a non-empty list of positive sizes",
-        list(ag.hidden_sizes),
-    )
-    _require(ag.max_grad_norm > 0, "agent.max_grad_norm", "must be > 0", ag.max_grad_norm)
-    _require(
-        0.0 <= ag.epsilon_end <= ag.epsilon_start <= 1.0,
-        "agent.epsilon_start/epsilon_end",
-        "must satisfy 0 <= epsilon_end <= epsilon_start <= 1",
-        (ag.epsilon_start, ag.epsilon_end),
-    )
-    _require(
-        ag.exploration_steps >= 0, "agent.exploration_steps", "must be >= 0", ag.exploration_steps
-    )
-
-    env = cfg.env
-    _require(env.window_size >= 1, "env.window_size", "must be >= 1", env.window_size)
-    _require(
-        env.episode_length is None or env.episode_length >= 1,
-        "env.episode_length",
-        "must be >= 1 or null",
-        env.episode_length,
-    )
-    _require(env.fee >= 0, "env.fee", "must be >= 0", env.fee)
-    _require(env.initial_cash > 0, "env.initial_cash", "must be > 0", env.initial_cash)
-    _require(
-        env.reward in ("log_return", "profit"),
-        "env.reward",
-        "must be log_return or profit",
-        env.reward,
-    )
-    data = env.data
-    _require(
-        data.source in ("synthetic", "sample", "file"),
-        "env.data.source",
-        "must be synthetic, sample or file",
-        data.source,
-    )
-    _require(
-        0.0 <= data.test_fraction < 1.0,
-        "env.data.test_fraction",
-        "must be in [0, 1)",
-        data.test_fraction,
-    )
-    if data.source == "file" and not data.path:
-        raise ConfigError("env.data.path is required for file data: pass env.data.path=prices.csv")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

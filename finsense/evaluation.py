@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from finsense import metrics
-from finsense.agents import DQNAgent, QNetwork, greedy_action
+from finsense.agents import DQNAgent, greedy_action
 from finsense.checkpoint import (
     CheckpointInfo,
     CheckpointManager,
@@ -140,7 +141,8 @@ def eval_env_kwargs(env_config: Mapping[str, Any]) -> dict[str, Any]:
     every other key (``data``, ``window_size``, ``fee``, ...) is kept, so the test episode sees
     the same market, features and costs as training.
     """
-    return {**dict(env_config), **TEST_OVERRIDES}
+    kwargs = {k: v for k, v in dict(env_config).items() if not str(k).startswith("_")}
+    return {**kwargs, **TEST_OVERRIDES}
 
 
 def run_episode(env: TradingEnv, act: Callable[[np.ndarray], int]) -> dict[str, np.ndarray]:
@@ -156,7 +158,11 @@ def run_episode(env: TradingEnv, act: Callable[[np.ndarray], int]) -> dict[str, 
     return env.history()
 
 
-def greedy_actor(q_network: QNetwork) -> Callable[[np.ndarray], int]:
+#: A policy to evaluate: a Q-network (greedy in its values) or ``act(observation) -> action``.
+Policy = torch.nn.Module | Callable[[np.ndarray], int]
+
+
+def greedy_actor(q_network: torch.nn.Module) -> Callable[[np.ndarray], int]:
     """``act(observation) -> argmax of q_network's Q-values`` (:func:`greedy_action`)."""
     return functools.partial(greedy_action, q_network)
 
@@ -191,25 +197,28 @@ def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _greedy_history(
-    q_network: QNetwork, env: TradingEnv
+    policy: Policy, env: TradingEnv
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    was_training = q_network.training
-    q_network.eval()
+    if not isinstance(policy, torch.nn.Module):
+        return run_episode(env, policy), env.episode_metrics()
+    was_training = policy.training
+    policy.eval()
     try:
-        history = run_episode(env, greedy_actor(q_network))
+        history = run_episode(env, greedy_actor(policy))
     finally:
-        q_network.train(was_training)
+        policy.train(was_training)
     return history, env.episode_metrics()
 
 
 def evaluate_policy(
-    q_network: QNetwork, env_kwargs: Mapping[str, Any], *, seeds_random: int = 10
+    policy: Policy, env_kwargs: Mapping[str, Any], *, seeds_random: int = 10
 ) -> EvalResult:
-    """Evaluate the greedy policy of ``q_network`` on the whole test split.
+    """Evaluate the greedy policy of ``policy`` on the whole test split.
 
     Args:
-        q_network: maps observations ``float32 (batch, obs_dim)`` to Q-values
-            ``(batch, n_actions)``; the greedy action is the argmax. Left in its train/eval mode.
+        policy: a Q-network mapping observations ``float32 (batch, obs_dim)`` to Q-values
+            ``(batch, n_actions)`` (the greedy action is the argmax; left in its train/eval
+            mode), or ``act(observation) -> action`` (an agent's ``act(obs, explore=False)``).
         env_kwargs: TradingEnv keyword arguments, e.g. the run config's ``env`` section;
             ``split``, ``episode_length`` and ``random_start`` are overridden (see
             :func:`eval_env_kwargs`).
@@ -221,7 +230,7 @@ def evaluate_policy(
     if seeds_random < 1:
         raise ValueError(f"seeds_random must be >= 1, got {seeds_random}")
     env = TradingEnv(**eval_env_kwargs(env_kwargs))
-    history, agent = _greedy_history(q_network, env)
+    history, agent = _greedy_history(policy, env)
     hold_equity, hold = buy_and_hold_metrics(history["close"], env.initial_cash, env.fee)
     n_actions = int(env.action_space.n)
     random_runs = []
@@ -238,14 +247,14 @@ def evaluate_policy(
     return EvalResult(agent, hold, _mean_std(random_runs), seeds_random, curve)
 
 
-def test_metrics(q_network: QNetwork, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
+def test_metrics(policy: Policy, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
     """The greedy policy's test-split metrics with a ``test_`` prefix (``test_sharpe_ratio``, ...).
 
     For the trainer's ``eval_every`` hook: one greedy episode over the whole test split (no
     buy-and-hold, no random policy). ``env_kwargs`` as in :func:`evaluate_policy`.
     """
     env = TradingEnv(**eval_env_kwargs(env_kwargs))
-    _, agent = _greedy_history(q_network, env)
+    _, agent = _greedy_history(policy, env)
     return {f"test_{key}": float(value) for key, value in agent.items()}
 
 
@@ -341,7 +350,7 @@ def select_checkpoint(
     cks = dict(config.get("checkpoints") or {})
     manager = CheckpointManager(
         models,
-        metric_name=str(cks.get("metric_name", "total_profit")),
+        metric_name=str(cks.get("metric_name") or "total_profit"),
         mode=str(cks.get("mode", "max")),
     )
     info = manager.best() if checkpoint == "best" else None
@@ -395,19 +404,24 @@ def run_evaluation(
 
 def load_policy_network(
     manager: CheckpointManager, selected: CheckpointInfo | Path
-) -> tuple[QNetwork, dict[str, Any], Path]:
+) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     """The policy network of ``selected`` (eval mode, CPU), its metadata and its file, loaded
     with the manager that selected it (see :func:`select_checkpoint`).
 
     Raises:
         CheckpointError: the checkpoint holds no policy or not a FinSense one.
     """
+    from finsense.components import policy_network
+
     path = _path_of(selected)
     state, _, metadata = manager.load(selected, with_training_state=False)
     if not isinstance(state, dict) or "policy" not in state:
         raise CheckpointError(f"{path}: holds no policy; pass another checkpoint")
+    config = metadata.get("config") if isinstance(metadata, dict) else None
     try:
-        network = DQNAgent.load_policy(state["policy"], device="cpu")
+        # Rebuilt from the config that trained it (a checkpoint is data, never code).
+        network = policy_network(config or {}, state["policy"]["arch"])
+        network = DQNAgent.load_policy(state["policy"], device="cpu", network=network)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"

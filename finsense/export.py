@@ -363,6 +363,12 @@ def export_policy(
     config = load_run_config(run_dir)
     manager, selected = select_checkpoint(run_dir, config, checkpoint, doing="exporting")
     network, metadata, path = load_policy_network(manager, selected)
+    if type(network) is not QNetwork:
+        raise FinSenseError(
+            f"{path}: its network is a {type(network).__name__} (agent.network); export "
+            "describes the built-in MLP (agent/network=mlp) layer by layer and knows no other "
+            "network yet: load the weights with finsense.evaluation.load_policy_network instead"
+        )
 
     # The env gives the observation scale (a constant of the dataset) and the action meanings;
     # split "all" needs no test rows, so a run trained without a test split exports too.

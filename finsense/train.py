@@ -366,39 +366,33 @@ class _RunRecord:
 def train(cfg: DictConfig, run_dir: Path) -> float:
     """Train the run of ``cfg`` in ``run_dir``; return its best checkpointed ``metric_name`` value.
 
-    Raises FinSenseError for any user mistake; the entry point turns it into one line.
+    Compose (Hydra did), build (:mod:`finsense.components`), fit (:class:`Trainer`). Raises
+    FinSenseError for any user mistake; the entry point turns it into one line.
     """
-    from finsense.agents import DQNAgent, DQNConfig
+    from finsense import components
     from finsense.checkpoint import CheckpointManager, RunLock
+    from finsense.config import check_metric_name
     from finsense.device import resolve_device, set_torch_threads
-    from finsense.envs.trading import TradingEnv
-    from finsense.loggers import check_logger_available
     from finsense.trainer import Trainer, TrainSettings, resume_path, seed_everything
 
     validate(cfg)
-    check_logger_available(str(cfg.logger))
     check_run_dir_layout(run_dir)
     device = resolve_device(cfg.device)
     if str(cfg.resume) not in ("auto", "never"):
         resume_path(str(cfg.resume), run_dir)  # a missing file is refused before any work
-    plain = to_plain(cfg)
 
     # Build everything that can fail on bad input before touching the run directory.
     set_torch_threads(cfg.threads)
     seed_everything(cfg.seed)
-    env = TradingEnv(split="train", **plain["env"])
-    agent_kwargs = {k: v for k, v in plain["agent"].items() if k != "name"}
-    agent_kwargs["hidden_sizes"] = tuple(agent_kwargs["hidden_sizes"])
-    agent = DQNAgent(
-        int(env.observation_space.shape[0]),
-        int(env.action_space.n),
-        DQNConfig(**agent_kwargs),
-        seed=cfg.seed,
-        device=device,
-    )
+    loggers = build_loggers(cfg)
+    env = components.build_env(cfg)
+    cfg.checkpoints.metric_name = check_metric_name(cfg, components.episode_metric_names(env))
+    agent = components.build_agent(cfg, env, device)
+    plain = to_plain(cfg)
     settings = TrainSettings(
         episodes=cfg.episodes,
         seed=cfg.seed,
+        max_steps=cfg.max_steps,
         save_frequency=cfg.checkpoints.save_frequency,
         save_every_minutes=cfg.checkpoints.save_every_minutes,
         progress=cfg.progress,
@@ -413,7 +407,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             mode=cfg.checkpoints.mode,
             map_location=str(device),
         )
-        hook = _EpisodeHook(cfg, plain["env"], agent, run_dir)
         record = _RunRecord(cfg, run_dir, lock)
         trainer = Trainer(
             env,
@@ -422,26 +415,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             run_dir,
             settings,
             config=plain,
-            on_episode=hook,
+            loggers=loggers,
+            on_episode=_TestSplitEvaluation(cfg, env, agent) if int(cfg.eval_every) > 0 else None,
             on_start=record.start,
         )
         try:
             result = trainer.run(resume=str(cfg.resume))
         finally:
-            hook.close()
             record.close()
 
     if result.interrupted_by is not None:
         where = _relative(result.last_checkpoint, run_dir)
-        if result.chained_handler is not None:
-            # A cluster launcher asked for the stop (submitit on SLURM preemption or timeout):
-            # the checkpoint is saved, so let it requeue the job; the requeued job auto-resumes.
-            log.info(
-                "Stopped at episode %d; checkpoint saved: %s; handing over to the launcher",
-                result.last_episode,
-                where,
-            )
-            result.chained_handler(result.interrupted_by, None)
         print(
             f"Interrupted at episode {result.last_episode}; checkpoint saved: {where}. "
             "Run the same command to resume.",
@@ -453,55 +437,56 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     return result.best_value
 
 
-class _EpisodeHook:
-    """After each episode: the test-split evaluation (``eval_every``) and the TensorBoard logger.
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The loggers ``cfg.logger`` names (``metrics.csv`` is the trainer's own, always kept).
 
-    With ``eval_every=N`` the greedy policy is evaluated every N episodes and at every checkpoint
-    episode (so a ``test_*`` ``metric_name`` ranks every checkpoint); other rows carry NaN so
-    ``metrics.csv`` keeps one set of columns.
+    Built before any work, so a missing extra or a bad key is refused at once.
     """
+    from finsense import components
 
-    def __init__(
-        self, cfg: DictConfig, env_config: dict[str, Any], agent: Any, run_dir: Path
-    ) -> None:
+    loggers = []
+    for name in cfg.logger:
+        node = cfg.logger[name]
+        if node is None:
+            continue  # logger.wandb=null switches one off
+        loggers.append(components.instantiate(node, f"logger.{name}"))
+    return loggers
+
+
+class _TestSplitEvaluation:
+    """``eval_every=N``: the greedy policy on the test split every N episodes and at every
+    checkpoint episode (so a ``test_*`` ``metric_name`` ranks every checkpoint); other rows carry
+    NaN so ``metrics.csv`` keeps one set of columns."""
+
+    def __init__(self, cfg: DictConfig, env: Any, agent: Any) -> None:
+        from finsense.errors import ConfigError
+
+        if not hasattr(env.unwrapped, "history"):
+            raise ConfigError(
+                "eval_every evaluates on a trading env's test split; this env has none: "
+                "set eval_every=0 and evaluate with python -m finsense.evaluate RUN_DIR"
+            )
+        self.env_config = to_plain(cfg)["env"]
         self.eval_every = int(cfg.eval_every)
         self.save_frequency = int(cfg.checkpoints.save_frequency)
         self.episodes = int(cfg.episodes)
-        self.logger_kind = str(cfg.logger)
-        self.env_config = env_config
+        self.max_steps = cfg.max_steps
         self.agent = agent
-        self.run_dir = run_dir
-        self.logger: Any = None
 
     def __call__(self, episode: int, row: dict[str, Any]) -> dict[str, Any]:
         from finsense.config import EPISODE_METRIC_NAMES
+        from finsense.evaluation import test_metrics
 
-        extra: dict[str, Any] = {}
-        if self.eval_every > 0:
-            due = (
-                episode % self.eval_every == 0
-                or episode % self.save_frequency == 0
-                or episode == self.episodes
-            )
-            if due:
-                from finsense.evaluation import test_metrics
-
-                extra = test_metrics(self.agent.q_network, self.env_config)
-            else:
-                extra = {f"test_{name}": math.nan for name in EPISODE_METRIC_NAMES}
-        if self.logger_kind == "tensorboard":
-            if self.logger is None:
-                from finsense.loggers import open_logger
-
-                # Opened at the first episode of this session: points after it are purged.
-                self.logger = open_logger(self.logger_kind, self.run_dir, start_episode=episode - 1)
-            self.logger.log(episode, {**row, **extra})
-        return extra
-
-    def close(self) -> None:
-        """Flush and close the logger, if one was opened."""
-        if self.logger is not None:
-            self.logger.close()
+        due = (
+            episode % self.eval_every == 0
+            or episode % self.save_frequency == 0
+            or episode == self.episodes
+            or (self.max_steps is not None and self.agent.steps >= self.max_steps)
+        )
+        if not due:
+            return {f"test_{name}": math.nan for name in EPISODE_METRIC_NAMES}
+        # Greedy acting draws no random numbers: evaluating does not change training.
+        return test_metrics(lambda obs: self.agent.act(obs, explore=False), self.env_config)
 
 
 class _InterruptedError(Exception):

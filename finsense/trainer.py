@@ -35,37 +35,68 @@ from finsense.runs import relative_to_run
 
 log = logging.getLogger(__name__)
 
-#: Config keys whose change makes a saved state unusable (network shape, observation size, buffer).
-STRUCTURAL_KEYS: tuple[str, ...] = (
-    "agent.name",
-    "agent.hidden_sizes",
-    "agent.dueling",
-    "agent.buffer_size",
-    "env.window_size",
-    "env.allow_short",
-)
-
 
 class Agent(Protocol):
-    """What the trainer needs from an agent (``finsense.agents.DQNAgent`` provides it)."""
+    """What the trainer, evaluation, status and the store need from an agent, and nothing more.
+
+    ``finsense.agents.DQNAgent`` provides it; an algorithm of one's own provides the same.
+    """
+
+    #: ``agent.*`` config keys (a key covers its sub-keys) whose change a saved state cannot
+    #: follow (the network's shape, a buffer's capacity): resuming across such a change is
+    #: refused; other changes are logged as warnings.
+    resume_keys: tuple[str, ...]
 
     @property
-    def epsilon(self) -> float: ...
+    def steps(self) -> int:
+        """Env steps observed over the agent's whole life (``max_steps`` counts these)."""
+        ...
 
-    @property
-    def steps(self) -> int: ...
-
-    def act(self, obs: np.ndarray, explore: bool = True) -> int: ...
+    def act(self, obs: np.ndarray, explore: bool = True) -> int:
+        """The action for ``obs``; ``explore=False`` is the greedy policy, drawing no random
+        numbers (so evaluating mid-training does not change the course of training)."""
+        ...
 
     def observe(
         self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool
-    ) -> float | None: ...
+    ) -> float | None:
+        """Take in one transition (and learn when due)."""
+        ...
 
-    def end_episode(self) -> None: ...
+    def end_episode(self) -> None:
+        """An episode ended."""
+        ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def episode_metrics(self) -> dict[str, float]:
+        """Values the agent adds to each episode's row (DQN: ``epsilon``); also written at the
+        top level of each checkpoint's JSON."""
+        ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        """``{"policy": ..., "training": ...}``: the policy alone (small; what evaluation
+        loads) and the rest of the training state (buffers, optimizer, generators)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` exactly (refusing a state of another shape)."""
+        ...
+
+
+class Logger(Protocol):
+    """Where each episode's row goes besides the console: ``metrics.csv`` (:class:`MetricsLog`,
+    always), TensorBoard, W&B, MLflow (:mod:`finsense.loggers`)."""
+
+    def start(self, run_dir: Path, start_episode: int, config: dict[str, Any]) -> None:
+        """Training (re)starts after ``start_episode`` (0: a fresh history)."""
+        ...
+
+    def log(self, episode: int, row: dict[str, Any]) -> None:
+        """One episode's row."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release (idempotent)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +105,7 @@ class TrainSettings:
 
     episodes: int
     seed: int = 0
+    max_steps: int | None = None  # also end with the episode in which the agent's steps reach it
     save_frequency: int = 10
     save_every_minutes: float | None = None
     progress: str = "auto"  # auto | bar | log
@@ -88,7 +120,7 @@ class TrainResult:
     episodes: int  # the target total
     already_complete: bool = False
     interrupted_by: int | None = None  # the signal number that stopped training, if any
-    chained_handler: Callable[[int, FrameType | None], Any] | None = None  # e.g. submitit's requeue
+    finished: bool = False  # the budget (episodes or max_steps) is spent
     last_checkpoint: Path | None = None
     best: CheckpointInfo | None = None
     metric_name: str = "total_profit"
@@ -211,6 +243,18 @@ class MetricsLog:
         self.path = path
         self._fields: list[str] | None = None
 
+    # The logger interface: metrics.csv is a logger like the others, always present.
+    def start(self, run_dir: Path, start_episode: int, config: dict[str, Any]) -> None:
+        """Training (re)starts after ``start_episode``: drop the rows after it."""
+        self.truncate_after(start_episode)
+
+    def log(self, episode: int, row: dict[str, Any]) -> None:
+        """Append ``row``."""
+        self.append(row)
+
+    def close(self) -> None:
+        """Nothing is held open (each row is one append)."""
+
     def truncate_after(self, episode: int) -> None:
         """Keep only complete rows with ``episode <= episode`` (rewritten atomically)."""
         if not self.path.exists():
@@ -270,23 +314,31 @@ class MetricsLog:
         )
 
 
-def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Compare two plain run configs; return (structural, other) changes as readable lines."""
-    structural: list[str] = []
-    other: list[str] = []
+def config_drift(
+    saved: dict[str, Any], current: dict[str, Any], resume_keys: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """Compare two plain run configs; return (refused, other) changes as readable lines.
+
+    ``resume_keys`` are the keys whose change a saved state cannot follow, as the agent and the
+    env declare them (``agent.network`` covers every ``agent.network.*`` key); keys left out of
+    run-directory names (how long or how to run, not what is trained) are not compared.
+    """
     from finsense.config import non_experiment_keys
 
-    not_experiment = set(non_experiment_keys())  # how long or how to run, not what is trained
+    refused: list[str] = []
+    other: list[str] = []
+    not_experiment = set(non_experiment_keys())
     flat_saved, flat_current = _flatten(saved), _flatten(current)
     for key in sorted(set(flat_saved) | set(flat_current)):
-        if key in not_experiment or key.startswith("hydra."):
+        if key in not_experiment or key.startswith(("hydra.", "logger.")):
             continue
         old, new = flat_saved.get(key, "<absent>"), flat_current.get(key, "<absent>")
         if old == new:
             continue
         line = f"{key}: {old!r} -> {new!r}"
-        (structural if key in STRUCTURAL_KEYS else other).append(line)
-    return structural, other
+        structural = any(key == k or key.startswith(k + ".") for k in resume_keys)
+        (refused if structural else other).append(line)
+    return refused, other
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -300,9 +352,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _metrics_of(row: dict[str, Any]) -> dict[str, Any]:
-    """The metrics of a metrics.csv row (what checkpoints record and rank by)."""
-    return {k: v for k, v in row.items() if k not in ("episode", "epsilon", "steps", "seconds")}
+#: Row keys that are not the env's episode metrics (the agent's own values are left out too).
+_ROW_KEYS = frozenset({"episode", "steps", "seconds"})
 
 
 def resume_path(resume: str, run_dir: Path) -> Path:
@@ -333,15 +384,17 @@ class Trainer:
     """Runs episodes ``start+1 .. episodes`` of one run and keeps its checkpoints.
 
     Args:
-        env: a ``finsense/Trading-v0`` env (anything whose final step's info holds
-            ``episode_metrics``).
-        agent: the learner; its ``state_dict()`` must hold ``policy`` (small) and ``training``
-            (replay buffer, optimizer, RNGs) parts.
+        env: a gymnasium env whose final step's info holds ``episode_metrics`` (a
+            ``finsense/Trading-v0`` env, or any env wrapped in
+            :class:`finsense.envs.gym.EpisodeMetrics`).
+        agent: the learner (:class:`Agent`).
         manager: the checkpoint store of this run's ``models/`` directory.
         run_dir: the run directory (``metrics.csv`` lives there).
         settings: episodes, seed and save policy.
         config: the plain run config, recorded with each checkpoint to detect drift on resume.
-        on_episode: optional callback ``(episode, row)`` after each episode (loggers, evaluation).
+        loggers: where rows go besides ``metrics.csv`` (always written, first).
+        on_episode: optional callback ``(episode, row)`` after each episode, before the row is
+            logged; what it returns joins the row (the test-split evaluation).
         on_start: optional callback once the command is known to train (not refused, not already
             complete), before anything in the run directory changes for it.
     """
@@ -354,6 +407,7 @@ class Trainer:
         run_dir: Path,
         settings: TrainSettings,
         config: dict[str, Any] | None = None,
+        loggers: list[Logger] | None = None,
         on_episode: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
@@ -366,6 +420,8 @@ class Trainer:
         self.on_episode = on_episode
         self.on_start = on_start
         self.metrics_log = MetricsLog(self.run_dir / "metrics.csv")
+        self.loggers: list[Logger] = [self.metrics_log, *(loggers or [])]
+        self._interrupt = GracefulInterrupt()
 
     # -- resume -----------------------------------------------------------------------------
     def find_checkpoint(self, resume: str) -> CheckpointInfo | Path | None:
@@ -409,7 +465,7 @@ class Trainer:
             )
         saved_config = metadata.get("config") or {}
         if saved_config and self.config:
-            structural, other = config_drift(saved_config, self.config)
+            structural, other = config_drift(saved_config, self.config, self.resume_keys())
             if structural:
                 raise ConfigError(
                     "the config changed in ways the checkpoint cannot follow: "
@@ -421,6 +477,20 @@ class Trainer:
                 log.warning("changed since the checkpoint: %s", "; ".join(other))
         self.agent.load_state_dict({"policy": state["policy"], "training": training_state})
         return int(metadata["episode"])
+
+    def resume_keys(self) -> tuple[str, ...]:
+        """The config keys a saved state cannot follow a change of, as the agent and the env
+        declare them (``resume_keys`` attributes), prefixed ``agent.`` and ``env.``."""
+        env_keys = getattr(getattr(self.env, "unwrapped", self.env), "resume_keys", ())
+        agent_keys = getattr(self.agent, "resume_keys", ())
+        return tuple(f"agent.{k}" for k in agent_keys) + tuple(f"env.{k}" for k in env_keys)
+
+    def _done(self, episode: int) -> bool:
+        """Whether the budget is spent after ``episode``: ``episodes``, or ``max_steps``."""
+        limit = self.settings.max_steps
+        return episode >= self.settings.episodes or (
+            limit is not None and int(self.agent.steps) >= limit
+        )
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, resume: str = "auto") -> TrainResult:
@@ -435,8 +505,8 @@ class Trainer:
             verb = "Auto-resuming" if resume == "auto" else "Resuming"
             log.info("%s from episode %d: %s", verb, start, self._rel(where))
         result = TrainResult(start, start, total, metric_name=self.manager.metric_name)
-        if start >= total:
-            log.info("Training already complete! (%d/%d episodes)", start, total)
+        if start > 0 and self._done(start):
+            log.info("Training already complete! (%s)", self._budget(start))
             result.already_complete = True
             result.last_checkpoint = (
                 checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
@@ -450,10 +520,29 @@ class Trainer:
         if start > 0:
             log.info("Resuming training from episode %d/%d", start + 1, total)
         else:
-            log.info("Starting training: %d episodes in %s", total, self.run_dir)
-        self.metrics_log.truncate_after(start)
+            steps = f" or {self.settings.max_steps:,} env steps" if self.settings.max_steps else ""
+            log.info("Starting training: %d episodes%s in %s", total, steps, self.run_dir)
+        try:
+            for logger in self.loggers:
+                logger.start(self.run_dir, start, self.config)
+            self._loop(start, total, result)
+        finally:
+            for logger in self.loggers:
+                logger.close()
+        result.finished = result.interrupted_by is None and self._done(result.last_episode)
+        if result.interrupted_by is not None:
+            self._hand_over(result.interrupted_by)
+        if result.finished:
+            # A finished run that taught the agent nothing would otherwise pass unnoticed; what
+            # counts as "nothing" belongs to the algorithm, so the agent says (if it can).
+            for warning in getattr(self.agent, "training_warnings", lambda: [])():
+                log.warning("%s", warning)
+        result.best = self.manager.best()
+        return result
 
-        interrupt = GracefulInterrupt()
+    def _loop(self, start: int, total: int, result: TrainResult) -> None:
+        """Episodes ``start + 1 ..`` until the budget is spent or a signal asks to stop."""
+        interrupt = self._interrupt = GracefulInterrupt()
         last_save = time.monotonic()
         with interrupt.installed(), self._progress(start, total) as progress:
             for episode in range(start + 1, total + 1):
@@ -462,19 +551,21 @@ class Trainer:
                 row = self._row(episode, metrics, time.perf_counter() - started)
                 if self.on_episode is not None:
                     row.update(self.on_episode(episode, row) or {})
-                self.metrics_log.append(row)
+                for logger in self.loggers:
+                    logger.log(episode, row)
                 result.history.append(row)
                 result.last_episode = episode
                 progress(episode, row)
 
                 minutes = self.settings.save_every_minutes
+                finished = self._done(episode)
                 due = (
                     episode % self.settings.save_frequency == 0
-                    or episode == total
+                    or finished
                     or interrupt.signum is not None
                     or (minutes is not None and time.monotonic() - last_save >= 60.0 * minutes)
                 )
-                if not due and self.manager.improves(_metrics_of(row)):
+                if not due and self.manager.improves(self._metrics_of(row)):
                     self.save_best_episode(episode, row)  # a new best off the grid: kept at once
                 # Read once: a signal from here on is answered after the next episode.
                 stop = interrupt.signum
@@ -483,7 +574,6 @@ class Trainer:
                     last_save = time.monotonic()
                 if stop is not None:
                     result.interrupted_by = stop
-                    result.chained_handler = interrupt.chained_handler()
                     log.warning(
                         "Stopped by %s after episode %d; checkpoint saved: %s",
                         signal.Signals(stop).name,
@@ -491,13 +581,23 @@ class Trainer:
                         self._rel(result.last_checkpoint or self.run_dir),
                     )
                     break
-        if result.interrupted_by is None and result.last_episode == total:
-            # A finished run that taught the agent nothing would otherwise pass unnoticed; what
-            # counts as "nothing" belongs to the algorithm, so the agent says (if it can).
-            for warning in getattr(self.agent, "training_warnings", lambda: [])():
-                log.warning("%s", warning)
-        result.best = self.manager.best()
-        return result
+                if finished:
+                    break
+
+    def _hand_over(self, signum: int) -> None:
+        """After the stop's checkpoint is saved, call the handler a launcher installed before
+        ours (submitit requeues a preempted or timed-out SLURM job this way); the requeued job
+        auto-resumes."""
+        handler = self._interrupt.chained_handler()
+        if handler is None:
+            return
+        log.info("Checkpoint saved; handing the stop over to the launcher's handler")
+        handler(signum, None)
+
+    def _budget(self, episode: int) -> str:
+        steps = f", {int(self.agent.steps):,} env steps" if self.settings.max_steps else ""
+        limit = f" of max_steps={self.settings.max_steps:,}" if self.settings.max_steps else ""
+        return f"{episode}/{self.settings.episodes} episodes{steps}{limit}"
 
     def run_episode(self, episode: int) -> dict[str, Any]:
         """One episode: act, step, store and learn until the env ends it; return its metrics."""
@@ -512,6 +612,11 @@ class Trainer:
             obs = next_obs
             done = terminated or truncated
         agent.end_episode()
+        if "episode_metrics" not in info:
+            raise ConfigError(
+                f"env {type(env.unwrapped).__name__} reports no info['episode_metrics'] at the "
+                "end of an episode; wrap it in finsense.envs.gym.EpisodeMetrics (env=gym does)"
+            )
         return dict(info["episode_metrics"])
 
     def save_episode(self, episode: int, row: dict[str, Any]) -> Path:
@@ -541,10 +646,19 @@ class Trainer:
         if info is not None:
             log.debug("episode %d is the new best model", episode)
 
+    def _metrics_of(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The env's metrics of a row (what checkpoints record and rank by)."""
+        agent_keys = set(self._agent_metrics())
+        return {k: v for k, v in row.items() if k not in _ROW_KEYS and k not in agent_keys}
+
+    def _agent_metrics(self) -> dict[str, Any]:
+        return dict(getattr(self.agent, "episode_metrics", dict)())
+
     def _metadata(self, row: dict[str, Any]) -> dict[str, Any]:
+        agent_values = {k: row[k] for k in self._agent_metrics() if k in row}
         return {
-            "metrics": _metrics_of(row),
-            "epsilon": row["epsilon"],
+            "metrics": self._metrics_of(row),
+            **agent_values,  # DQN: the guide's "epsilon"
             "steps": row["steps"],
             "episodes_total": self.settings.episodes,
             "seed": self.settings.seed,
@@ -558,7 +672,7 @@ class Trainer:
     def _row(self, episode: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
         row: dict[str, Any] = {"episode": episode}
         row.update(metrics)
-        row["epsilon"] = round(float(self.agent.epsilon), 6)
+        row.update(self._agent_metrics())
         row["steps"] = int(self.agent.steps)
         row["seconds"] = round(seconds, 3)
         return row
@@ -570,16 +684,16 @@ class Trainer:
         )
         metric = self.manager.metric_name
 
+        def shown(value: Any) -> str:
+            return f"{value:,.2f}" if isinstance(value, int | float) else str(value)
+
         def line(episode: int, row: dict[str, Any]) -> str:
-            value = row.get(metric, math.nan)
-            shown = f"{value:,.2f}" if isinstance(value, int | float) else str(value)
-            profit = ""
-            if metric != "total_profit":
-                profit = f"total_profit={row.get('total_profit', math.nan):,.2f}  "
-            return (
-                f"Episode {episode}/{total}  {metric}={shown}  {profit}"
-                f"epsilon={row['epsilon']:.3f}  steps={row['steps']}  ({row['seconds']:.2f}s)"
-            )
+            parts = [f"{metric}={shown(row.get(metric, math.nan))}"]
+            if metric != "total_profit" and "total_profit" in row:
+                parts.append(f"total_profit={shown(row['total_profit'])}")
+            parts += [f"{k}={row[k]:.3f}" for k in self._agent_metrics() if k in row]
+            parts.append(f"steps={row['steps']}")
+            return f"Episode {episode}/{total}  " + "  ".join(parts) + f"  ({row['seconds']:.2f}s)"
 
         if not use_bar:
             yield lambda episode, row: log.info(line(episode, row))
@@ -591,9 +705,9 @@ class Trainer:
 
             def update(episode: int, row: dict[str, Any]) -> None:
                 _file_only(line(episode, row))
-                bar.set_postfix(
-                    profit=f"{row.get('total_profit', math.nan):,.0f}", eps=f"{row['epsilon']:.3f}"
-                )
+                postfix = {metric: f"{row.get(metric, math.nan):,.2f}"}
+                postfix.update({k: f"{row[k]:.3f}" for k in self._agent_metrics() if k in row})
+                bar.set_postfix(postfix)
                 bar.update(1)
 
             with _console_through_bar():

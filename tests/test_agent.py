@@ -586,9 +586,11 @@ def test_load_policy_rebuilds_the_greedy_network_without_training_state() -> Non
 def test_loading_a_different_network_shape_is_a_config_error() -> None:
     state = DQNAgent(OBS_DIM, 2, DQNConfig(hidden_sizes=(64, 64))).state_dict()
     agent = DQNAgent(OBS_DIM, 2, DQNConfig(hidden_sizes=(128, 128)))
-    with pytest.raises(ConfigError, match=r"checkpoint network \[64, 64\] != config"):
+    with pytest.raises(
+        ConfigError, match=r"checkpoint hidden_sizes=\[64, 64\] != agent\.network\.hidden_sizes="
+    ):
         agent.load_state_dict(state)
-    with pytest.raises(ConfigError, match="number of actions 2 != env's 3"):
+    with pytest.raises(ConfigError, match="checkpoint n_actions=2 != the env's action count=3"):
         DQNAgent(OBS_DIM, 3).load_state_dict(state)
 
 

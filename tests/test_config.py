@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 import finsense.train  # noqa: F401  (registers the schema and the run-dir resolvers)
-from finsense.config import validate
+from finsense import components
+from finsense.config import EPISODE_METRIC_NAMES, check_metric_name, validate
 from finsense.errors import ConfigError
 from finsense.train import run_dirname, sweep_dirname, translate_guide_flags
 from finsense.trainer import config_drift
@@ -23,6 +24,14 @@ def _compose(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def _build(cfg: DictConfig) -> None:
+    """Validate and build the components, as ``finsense.train`` does before any work."""
+    validate(cfg)
+    env = components.build_env(cfg)
+    check_metric_name(cfg, components.episode_metric_names(env))
+    components.build_agent(cfg, env)
+
+
 def test_default_config_has_the_guides_checkpoint_defaults() -> None:
     cfg = _compose()
     validate(cfg)
@@ -31,18 +40,19 @@ def test_default_config_has_the_guides_checkpoint_defaults() -> None:
         "save_frequency": 10,
         "max_keep": 5,
         "save_best": True,
-        "metric_name": "total_profit",
+        "metric_name": None,  # the env's main metric: total_profit for trading envs
         "mode": "max",
         "save_every_minutes": None,
     }
-    assert cfg.agent.hidden_sizes == [64, 64]
+    assert check_metric_name(cfg, EPISODE_METRIC_NAMES) == "total_profit"
+    assert cfg.agent.network.hidden_sizes == [64, 64]
     assert cfg.env.data.source == "synthetic"
 
 
 @pytest.mark.parametrize("env", ["synthetic", "googl", "csv"])
 def test_every_env_preset_composes(env: str) -> None:
-    cfg = _compose(f"env={env}", "env.data.path=x.csv")
-    assert cfg.env.window_size == 30
+    cfg = _compose(f"env={env}", *(["env.data.path=x.csv"] if env == "csv" else []))
+    assert cfg.env.window_size == 30 and cfg.env._target_ == "finsense.envs.TradingEnv"
 
 
 @pytest.mark.parametrize(
@@ -55,7 +65,7 @@ def test_every_env_preset_composes(env: str) -> None:
         ("checkpoints.metric_name=alpha", "checkpoints.metric_name"),
         ("agent.learning_rate=-1", "agent.learning_rate"),
         ("agent.gamma=1.5", "agent.gamma"),
-        ("agent.hidden_sizes=[]", "agent.hidden_sizes"),
+        ("agent.network.hidden_sizes=[]", "agent.network.hidden_sizes"),
         ("env.fee=-0.1", "env.fee"),
         ("env.window_size=0", "env.window_size"),
         ("env.data.test_fraction=1.0", "env.data.test_fraction"),
@@ -63,14 +73,17 @@ def test_every_env_preset_composes(env: str) -> None:
     ],
 )
 def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(_compose(override))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+        _build(_compose(override))
+    assert "\n" not in str(info.value)
 
 
 def test_test_metrics_are_valid_only_with_eval_every() -> None:
+    names = EPISODE_METRIC_NAMES
     with pytest.raises(ConfigError, match="eval_every"):
-        validate(_compose("checkpoints.metric_name=test_sharpe_ratio"))
-    validate(_compose("checkpoints.metric_name=test_sharpe_ratio", "eval_every=5"))
+        check_metric_name(_compose("checkpoints.metric_name=test_sharpe_ratio"), names)
+    cfg = _compose("checkpoints.metric_name=test_sharpe_ratio", "eval_every=5")
+    assert check_metric_name(cfg, names) == "test_sharpe_ratio"
 
 
 def test_wrong_type_fails_at_composition() -> None:
@@ -165,12 +178,22 @@ def test_version_line_names_finsense_torch_and_hydra() -> None:
     assert line.startswith(f"finsense {__version__} (torch 2.") and "hydra-core 1.3" in line
 
 
-def test_config_drift_separates_structural_changes() -> None:
-    saved = {"agent": {"hidden_sizes": [64, 64], "learning_rate": 0.001}, "episodes": 300}
-    current = {"agent": {"hidden_sizes": [128], "learning_rate": 0.0003}, "episodes": 500}
-    structural, other = config_drift(saved, current)
-    assert structural == ["agent.hidden_sizes: [64, 64] -> [128]"]
-    assert other == ["agent.learning_rate: 0.001 -> 0.0003"]
+def test_config_drift_refuses_the_keys_the_components_name() -> None:
+    saved = {
+        "agent": {"network": {"hidden_sizes": [64, 64]}, "learning_rate": 0.001},
+        "env": {"window_size": 30},
+        "episodes": 300,
+    }
+    current = {
+        "agent": {"network": {"hidden_sizes": [128]}, "learning_rate": 0.0003},
+        "env": {"window_size": 30},
+        "episodes": 500,
+    }
+    keys = ("agent.network", "env.window_size")
+    structural, other = config_drift(saved, current, keys)
+    assert structural == ["agent.network.hidden_sizes: [64, 64] -> [128]"]
+    assert other == ["agent.learning_rate: 0.001 -> 0.0003"]  # episodes: not the experiment
+    assert config_drift(saved, current) == ([], sorted([*structural, *other]))
 
 
 def test_guide_resume_flag_quotes_paths_with_override_characters() -> None:
@@ -182,14 +205,17 @@ def test_guide_resume_flag_quotes_paths_with_override_characters() -> None:
     assert parsed.key_or_group == "resume" and parsed.value() == path
 
 
-def test_agent_schema_is_dqn_config_so_every_agent_key_can_be_overridden() -> None:
+def test_agent_config_holds_every_dqn_hyperparameter_so_each_can_be_overridden() -> None:
     from dataclasses import fields
 
     from finsense.agents import DQNConfig
 
-    cfg = _compose("agent.reward_scale=7", "agent.hidden_sizes=[16,8]")
-    assert set(cfg.agent) == {"name"} | {f.name for f in fields(DQNConfig)}
-    assert cfg.agent.reward_scale == 7.0 and list(cfg.agent.hidden_sizes) == [16, 8]
+    cfg = _compose("agent.reward_scale=7", "agent.network.hidden_sizes=[16,8]")
+    network_keys = {"hidden_sizes", "dueling"}
+    expected = {f.name for f in fields(DQNConfig)} - network_keys
+    assert set(cfg.agent) == expected | {"_target_", "network", "optimizer"}
+    assert set(cfg.agent.network) == network_keys | {"_target_", "_partial_"}
+    assert cfg.agent.reward_scale == 7 and list(cfg.agent.network.hidden_sizes) == [16, 8]
 
 
 @pytest.mark.parametrize(
@@ -197,26 +223,35 @@ def test_agent_schema_is_dqn_config_so_every_agent_key_can_be_overridden() -> No
     [
         ("+agent.learing_rate=0.5", "agent.learing_rate is not a key of agent"),
         ("++agent.learing_rate=0.5", "did you mean agent.learning_rate?"),
-        ("+foo=1", "foo is not a config key; remove it (the keys are: agent, env, "),
+        ("+foo=1", "foo is not a config key; remove it (the keys are: agent, env, logger, "),
         ("+seeed=1", "seeed is not a config key (did you mean seed?)"),
         ("+env.windowsize=5", "env.windowsize is not a key of env (did you mean env.window_size?)"),
         ("+env.data.sorce=file", "did you mean env.data.source?"),
         ("+checkpoints.max_kept=3", "did you mean checkpoints.max_keep?"),
-        ("+agent.zzz=1", "agent.zzz is not a key of agent; remove it (the keys are: name, "),
+        (
+            "+agent.zzz=1",
+            "agent.zzz is not a key of agent; remove it (the keys are: learning_rate, ",
+        ),
+        ("+agent.network.widths=[3]", "agent.network.widths is not a key of agent.network"),
+        (
+            "+agent.optimizer.lr=0.1",
+            "agent.optimizer.lr: set the learning rate with agent.learning",
+        ),
     ],
 )
 def test_keys_added_with_plus_are_checked_against_the_schema(override: str, message: str) -> None:
-    # Hydra's '+'/'++' force-add bypasses the struct flag and the dataclass schema by design.
+    # Hydra's '+'/'++' force-add bypasses the struct flag and the dataclass schema by design;
+    # the components check their own keys when they are built.
     cfg = _compose(override)
     with pytest.raises(ConfigError) as info:
-        validate(cfg)
+        _build(cfg)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_key_suggestion_uses_the_closest_name() -> None:
     with pytest.raises(ConfigError, match=r"\(did you mean agent\.learning_rate\?\)$"):
-        validate(_compose("+agent.learing_rate=0.5"))
+        _build(_compose("+agent.learing_rate=0.5"))
 
 
 def test_hydra_key_is_allowed_in_a_composed_config() -> None:
@@ -248,13 +283,13 @@ def test_batch_size_must_fit_the_buffer() -> None:
     with pytest.raises(
         ConfigError, match=r"agent\.batch_size=128 must be <= agent\.buffer_size=100"
     ):
-        validate(_compose("agent.batch_size=128", "agent.buffer_size=100"))
-    validate(_compose("agent.batch_size=100", "agent.buffer_size=100"))
+        _build(_compose("agent.batch_size=128", "agent.buffer_size=100"))
+    _build(_compose("agent.batch_size=100", "agent.buffer_size=100"))
 
 
 def test_learning_starts_below_batch_size_is_allowed() -> None:
     # Sampling is with replacement from whatever is stored, so learning may start at once.
-    validate(_compose("agent.learning_starts=0", "agent.batch_size=64"))
+    _build(_compose("agent.learning_starts=0", "agent.batch_size=64"))
 
 
 def test_missing_value_is_a_config_error_not_a_traceback() -> None:

@@ -291,7 +291,7 @@ def test_a_full_data_config_loads_each_source(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ({"source": "synthetic", "windw": 3}, "unknown key.*windw"),
+        ({"source": "synthetic", "windw": 3}, r"env\.data\.windw is not a key of env\.data"),
         ({"source": "yahoo"}, "env.data.source"),
         ({"source": "file"}, "env.data.path is required"),
         ({"test_fraction": 1.0}, "env.data.test_fraction"),

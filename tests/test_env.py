@@ -276,7 +276,7 @@ def test_test_episodes_trade_only_over_test_rows() -> None:
         ({"reward": "sharpe"}, "env.reward must be one of log_return, profit"),
         ({"split": "validation"}, "env.split must be one of train, test, all"),
         ({"data": {"source": "synthetic", "test_fraction": 0.0}, "split": "test"}, "no test rows"),
-        ({"data": {"bogus": 1}}, "unknown key"),
+        ({"data": {"bogus": 1}}, r"env\.data\.bogus is not a key of env\.data"),
     ],
 )
 def test_bad_env_value_is_a_config_error_naming_the_key(kwargs: dict[str, Any], match: str) -> None:

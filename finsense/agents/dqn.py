@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,6 +33,9 @@ from finsense.errors import CheckpointError, ConfigError
 #: ``epsilon_end`` back to ``epsilon_start`` at the end of a run: the policy acted mostly at
 #: random, so its results say little about what it learned.
 EXPLORATION_WARN_FRACTION = 0.9
+#: :class:`DQNConfig` fields that describe the default network; in config they are the
+#: network's own keys (``agent.network.hidden_sizes``, ``agent.network.dueling``).
+_NETWORK_FIELDS = frozenset({"hidden_sizes", "dueling"})
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,13 @@ class DQNConfig:
         require(self.buffer_size >= 1, "buffer_size", "must be >= 1")
         require(self.learning_starts >= 0, "learning_starts", "must be >= 0")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if self.batch_size > self.buffer_size:
+            # Sampling is with replacement, so it would run, but every batch would repeat
+            # transitions many times over and cost memory and time out of all proportion.
+            raise ConfigError(
+                f"agent.batch_size={self.batch_size} must be <= agent.buffer_size="
+                f"{self.buffer_size}; lower agent.batch_size or raise agent.buffer_size"
+            )
         require(0.0 <= self.gamma <= 1.0, "gamma", "must be in [0, 1]")
         require(self.reward_scale > 0, "reward_scale", "must be > 0")
         require(self.train_freq >= 1, "train_freq", "must be >= 1")
@@ -144,10 +154,10 @@ class DQNAgent:
             touched by construction.
         device: where the networks learn (``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a
             ``torch.device``). The replay buffer stays in CPU memory.
-        network: the Q-network, mapping ``(batch, obs_dim)`` float32 to ``(batch, n_actions)``;
-            a :class:`QNetwork` or a subclass (its ``arch`` is checked on resume). ``None``: a
-            ``QNetwork`` of ``config.hidden_sizes``/``config.dueling``, seeded by ``seed``.
-            Acting, learning and evaluation all run its ``forward``.
+        network: the Q-network, any ``torch.nn.Module`` mapping ``(batch, obs_dim)`` float32 to
+            ``(batch, n_actions)`` (its ``arch``, when it has one, is checked on resume).
+            ``None``: a ``QNetwork`` of ``config.hidden_sizes``/``config.dueling``, seeded by
+            ``seed``. Acting, learning and evaluation all run its ``forward``.
         optimizer_class: the ``torch.optim`` optimizer of the autograd learner, built with
             ``lr=config.learning_rate`` and ``optimizer_kwargs``.
         optimizer_kwargs: its other keyword arguments.
@@ -157,6 +167,10 @@ class DQNAgent:
             :class:`QNetwork` or the optimizer not Adam (:func:`choose_learner`).
     """
 
+    #: ``agent.*`` keys a saved state cannot follow a change of: the network (its weights are
+    #: shaped by it) and the replay buffer's capacity. Changing them needs a fresh start.
+    resume_keys: tuple[str, ...] = ("network", "buffer_size")
+
     def __init__(
         self,
         obs_dim: int,
@@ -165,8 +179,8 @@ class DQNAgent:
         *,
         seed: int = 0,
         device: str | torch.device = "cpu",
-        network: QNetwork | None = None,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        network: torch.nn.Module | None = None,
+        optimizer_class: Any = torch.optim.Adam,
         optimizer_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
@@ -187,6 +201,9 @@ class DQNAgent:
         self.target_network = copy.deepcopy(self.q_network)
         self._learner: AutogradLearner | FastLearner
         if self.learner == "fast":
+            assert isinstance(self.q_network, QNetwork) and isinstance(
+                self.target_network, QNetwork
+            )
             self._learner = FastLearner(self.q_network, self.target_network, config, kwargs)
         else:
             self._learner = AutogradLearner(
@@ -197,6 +214,81 @@ class DQNAgent:
         self._steps = 0
         self._episodes = 0
         self._gradient_steps = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        obs_dim: int,
+        n_actions: int,
+        *,
+        network: Callable[[int, int], torch.nn.Module] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        **hyperparameters: Any,
+    ) -> DQNAgent:
+        """The agent of an ``agent/dqn.yaml`` config node (``_target_`` of ``agent``).
+
+        Args:
+            obs_dim, n_actions: the env's observation size and number of actions.
+            network: ``agent.network``, a ``_partial_`` that builds the Q-network from
+                ``(obs_dim, n_actions)``; called with the torch generator seeded by ``seed``
+                (the global generators are left as they were). ``None``: the built-in MLP.
+            optimizer: ``agent.optimizer``, a ``_partial_`` ``torch.optim`` class (its own
+                keywords kept; the learning rate is ``agent.learning_rate``).
+            seed, device: as :class:`DQNAgent`.
+            hyperparameters: the fields of :class:`DQNConfig` (``learning_rate``, ...).
+
+        Raises:
+            ConfigError: one line naming the key: an unknown hyperparameter, a network whose
+                output is not one value per action, ``agent.optimizer.lr`` set.
+        """
+        from finsense.components import call_partial, check_network
+        from finsense.config import unknown_key
+
+        known = [f.name for f in fields(DQNConfig) if f.name not in _NETWORK_FIELDS]
+        for key in hyperparameters:
+            if key not in known:
+                raise unknown_key(key, "agent", known + ["network", "optimizer"])
+        config = DQNConfig(**hyperparameters)
+        optimizer_class: Any = torch.optim.Adam
+        optimizer_kwargs: dict[str, Any] = {}
+        if optimizer is not None:
+            optimizer_class = getattr(optimizer, "func", optimizer)
+            optimizer_kwargs = dict(getattr(optimizer, "keywords", None) or {})
+            if not (
+                isinstance(optimizer_class, type)
+                and issubclass(optimizer_class, torch.optim.Optimizer)
+            ):
+                raise ConfigError(
+                    f"agent.optimizer._target_ must be a torch.optim.Optimizer class, got "
+                    f"{optimizer_class!r}"
+                )
+            if "lr" in optimizer_kwargs:
+                raise ConfigError(
+                    "agent.optimizer.lr: set the learning rate with agent.learning_rate "
+                    "(one key, the one sweeps and the logs use)"
+                )
+        net: torch.nn.Module | None = None
+        if network is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                net = call_partial(network, "agent.network", int(obs_dim), int(n_actions))
+            if not isinstance(net, torch.nn.Module):
+                raise ConfigError(
+                    f"agent.network built a {type(net).__name__}, not a torch.nn.Module"
+                )
+            check_network(net, int(obs_dim), int(n_actions), "agent.network")
+        return cls(
+            obs_dim,
+            n_actions,
+            config,
+            seed=seed,
+            device=device,
+            network=net,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+        )
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -281,11 +373,23 @@ class DQNAgent:
         """Count a finished episode."""
         self._episodes += 1
 
+    def episode_metrics(self) -> dict[str, float]:
+        """What the agent adds to each episode's row of the logs (and the checkpoint JSON's
+        ``epsilon`` field): the exploration rate now."""
+        return {"epsilon": round(float(self.epsilon), 6)}
+
     # -- state ------------------------------------------------------------------------------
+    @property
+    def network_arch(self) -> dict[str, Any]:
+        """The network's shape as plain values: ``obs_dim``, ``n_actions`` and the network's own
+        ``arch`` when it has one (the built-in networks do)."""
+        arch = dict(getattr(self.q_network, "arch", None) or {})
+        return {**arch, "obs_dim": self.obs_dim, "n_actions": self.n_actions}
+
     def policy_state_dict(self) -> dict[str, Any]:
         """The online network alone: ``{"arch": {...}, "weights": {...}}`` (for evaluation)."""
         return {
-            "arch": self.q_network.arch,
+            "arch": self.network_arch,
             "weights": {k: v.detach().clone() for k, v in self.q_network.state_dict().items()},
         }
 
@@ -405,20 +509,15 @@ class DQNAgent:
         ]
 
     def _check_arch(self, arch: Mapping[str, Any]) -> None:
-        mine = self.q_network.arch
-        differences = []
-        if list(arch["hidden_sizes"]) != mine["hidden_sizes"]:
-            differences.append(
-                f"checkpoint network {list(arch['hidden_sizes'])} != config "
-                f"agent.hidden_sizes={mine['hidden_sizes']}"
-            )
-        if bool(arch["dueling"]) != mine["dueling"]:
-            differences.append(
-                f"checkpoint dueling={arch['dueling']} != config agent.dueling={mine['dueling']}"
-            )
-        for key, what in (("obs_dim", "observation size"), ("n_actions", "number of actions")):
-            if int(arch[key]) != mine[key]:
-                differences.append(f"checkpoint {what} {arch[key]} != env's {mine[key]}")
+        """Refuse a checkpoint whose network has another shape than this agent's."""
+        mine = self.network_arch
+        names = {"obs_dim": "the env's observation size", "n_actions": "the env's action count"}
+        differences = [
+            f"checkpoint {key}={arch.get(key)!r} != {names.get(key, 'agent.network.' + key)}="
+            f"{mine.get(key)!r}"
+            for key in sorted(set(arch) | set(mine))
+            if _plain(arch.get(key)) != _plain(mine.get(key))
+        ]
         if differences:
             raise ConfigError(
                 "; ".join(differences) + ". Use the checkpoint's settings to resume it, or "
@@ -430,8 +529,8 @@ class DQNAgent:
         cls,
         policy_state: Mapping[str, Any],
         device: str | torch.device = "cpu",
-        network: QNetwork | None = None,
-    ) -> QNetwork:
+        network: torch.nn.Module | None = None,
+    ) -> torch.nn.Module:
         """The Q-network of a :meth:`policy_state_dict`, in eval mode, without any training state.
 
         The greedy action of an observation is ``q_network(obs).argmax(-1)``.
@@ -439,8 +538,9 @@ class DQNAgent:
         Args:
             policy_state: what :meth:`policy_state_dict` returned.
             device: where the network runs.
-            network: the network to load the weights into, for a policy trained with a network
-                of the caller's (a ``QNetwork`` subclass); ``None``: ``QNetwork.from_arch``.
+            network: the network to load the weights into, for a policy trained with another
+                network than the built-in MLP (:func:`finsense.components.policy_network`
+                rebuilds it from the run's config); ``None``: ``QNetwork.from_arch``.
                 Loading is strict, so a mismatched network is an error, never a silent change.
         """
         if network is None:
@@ -452,7 +552,14 @@ class DQNAgent:
         return network.to(target).eval()
 
 
-def greedy_action(q_network: QNetwork, obs: np.ndarray) -> int:
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare alike (JSON and YAML give lists, Python code tuples)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def greedy_action(q_network: torch.nn.Module, obs: np.ndarray) -> int:
     """The action with the highest Q-value for one observation (no gradients).
 
     The same action as ``DQNAgent.act(obs, explore=False)`` of the agent the network came from.

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from finsense.errors import ConfigError
+
 # ReLU's gradient: dL/dx where the ReLU output is > 0, else 0; autograd's own ReLU backward,
 # one op with no boolean mask in between.
 _relu_backward = torch.ops.aten.threshold_backward
@@ -43,6 +45,18 @@ class QNetwork(nn.Module):
         dueling: bool = False,
     ) -> None:
         super().__init__()
+        sizes_ok = isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
+        if (
+            not sizes_ok
+            or not hidden_sizes
+            or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes
+            )
+        ):
+            raise ConfigError(
+                "agent.network.hidden_sizes must be a non-empty list of positive integers, got "
+                f"{hidden_sizes!r}"
+            )
         self.obs_dim = int(obs_dim)
         self.n_actions = int(n_actions)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)

@@ -301,9 +301,9 @@ def load_market_data(spec: Mapping[str, Any] | None) -> MarketData:
     spec = dict(spec or {})
     unknown = sorted(str(k) for k in spec if k not in DATA_KEYS)
     if unknown:
-        raise ConfigError(
-            f"env.data: unknown key(s) {', '.join(unknown)}; known keys are {', '.join(DATA_KEYS)}"
-        )
+        from finsense.config import unknown_key
+
+        raise unknown_key(unknown[0], "env.data", list(DATA_KEYS))
     if spec.get("test_fraction") is not None:
         n_test_rows(0, _typed(spec, "test_fraction", float))
     source = spec.get("source") or "synthetic"

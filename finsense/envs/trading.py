@@ -13,6 +13,7 @@ import numpy as np
 from gymnasium import spaces
 
 from finsense import metrics
+from finsense.config import EPISODE_METRIC_NAMES
 from finsense.data import MarketData, load_market_data, load_prices, prices_from_frame
 from finsense.data.market import n_test_rows
 from finsense.errors import ConfigError, DataError
@@ -140,6 +141,11 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
+    #: What ``info["episode_metrics"]`` holds at an episode's end, the main one first
+    #: (``checkpoints.metric_name: null`` ranks checkpoints by it).
+    episode_metric_names: tuple[str, ...] = EPISODE_METRIC_NAMES
+    #: Keys whose change a saved agent cannot follow: they change the observation or the actions.
+    resume_keys: tuple[str, ...] = ("window_size", "allow_short")
     action_space: spaces.Discrete
     observation_space: spaces.Box
 

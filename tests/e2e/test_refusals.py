@@ -38,7 +38,11 @@ def finished(tmp_path: Path, train_cmd) -> Path:
     ("args", "code", "says"),
     [
         (["episodes=500", "checkpoints.max_keep=0"], 2, "checkpoints.max_keep must be >= 1"),
-        (["episodes=500", "agent.hidden_sizes=[8]"], 2, "agent.hidden_sizes: [64, 64] -> [8]"),
+        (
+            ["episodes=500", "agent.network.hidden_sizes=[8]"],
+            2,
+            "agent.network.hidden_sizes: [64, 64] -> [8]",
+        ),
         (["episodes=5"], 0, "Training already complete!"),
     ],
 )

@@ -201,10 +201,10 @@ def test_resume_never_archives_the_old_history(tmp_path: Path, train_cmd) -> Non
 def test_structural_drift_is_refused_and_other_drift_is_logged(tmp_path: Path, train_cmd) -> None:
     fixed = f"hydra.run.dir={tmp_path / 'fixed'}"
     assert train_cmd("episodes=2", fixed).returncode == 0
-    refused = train_cmd("episodes=4", fixed, "agent.hidden_sizes=[32]")
+    refused = train_cmd("episodes=4", fixed, "agent.network.hidden_sizes=[32]")
     assert refused.returncode == 2
     combined = refused.stdout + refused.stderr
-    assert "agent.hidden_sizes: [64, 64] -> [32]" in combined and "resume=never" in combined
+    assert "agent.network.hidden_sizes: [64, 64] -> [32]" in combined and "resume=never" in combined
     assert "Traceback" not in combined
     changed = train_cmd("episodes=4", fixed, "agent.learning_rate=0.0005")
     assert changed.returncode == 0, changed.stdout + changed.stderr
