@@ -135,11 +135,17 @@ def build_env(cfg: DictConfig, **overrides: Any) -> gymnasium.Env[Any, Any]:
         ConfigError: the env cannot be built, or its spaces are not a flat ``Box`` of
             observations and a ``Discrete`` set of actions.
     """
+    from finsense.envs.gym import EpisodeMetrics
+
     env = instantiate(cfg.env, "env", **overrides)
     if not isinstance(env, gymnasium.Env):
         raise ConfigError(
             f"env._target_={cfg.env._target_} built a {type(env).__name__}, not a gymnasium.Env"
         )
+    if not getattr(env.unwrapped, "episode_metric_names", None) and not _has_wrapper(
+        env, EpisodeMetrics
+    ):
+        env = EpisodeMetrics(env)  # an env of one's own: its return and length are the metrics
     obs_space, action_space = env.observation_space, env.action_space
     if not isinstance(action_space, gymnasium.spaces.Discrete):
         raise ConfigError(
@@ -151,6 +157,14 @@ def build_env(cfg: DictConfig, **overrides: Any) -> gymnasium.Env[Any, Any]:
             "(flatten it with gymnasium.wrappers.FlattenObservation)"
         )
     return env
+
+
+def _has_wrapper(env: gymnasium.Env[Any, Any], kind: type) -> bool:
+    while isinstance(env, gymnasium.Wrapper):
+        if isinstance(env, kind):
+            return True
+        env = env.env
+    return isinstance(env, kind)
 
 
 def episode_metric_names(env: gymnasium.Env[Any, Any]) -> tuple[str, ...]:

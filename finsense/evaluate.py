@@ -21,7 +21,14 @@ from typing import Any
 
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
-from finsense.evaluation import TABLE_METRICS, EvalResult, run_evaluation
+from finsense.evaluation import (
+    TABLE_METRICS,
+    EvalResult,
+    is_trading_run,
+    load_run_config,
+    run_episode_evaluation,
+    run_evaluation,
+)
 from finsense.runs import Option, make_parser, parse_run_args
 
 PROG = "finsense.evaluate"
@@ -32,6 +39,7 @@ OPTIONS: dict[str, Option] = {
         "best", "best|latest|PATH", "which checkpoint: the best model, the newest, or a file"
     ),
     "seeds": Option("10", "N", "random-policy seeds"),
+    "episodes": Option("20", "N", "greedy episodes, for a run on a non-trading env (CartPole)"),
 }
 
 
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if seeds < 1:
             raise FinSenseError(f"seeds={options['seeds']}: must be an integer >= 1")
         run_dir = args.find()
+        if not is_trading_run(load_run_config(run_dir)):
+            return _evaluate_episodes(run_dir, options)
         result = run_evaluation(run_dir, options["checkpoint"], seeds_random=seeds)
     except FinSenseError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -111,6 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     print(_describe(result, run_dir))
     print(format_table(result))
     print(f"Wrote {run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
+    return 0
+
+
+def _evaluate_episodes(run_dir: Path, options: dict[str, str]) -> int:
+    """A run on an env with no test split: the greedy policy's return over N episodes."""
+    try:
+        episodes = int(options["episodes"])
+    except ValueError:
+        episodes = 0
+    if episodes < 1:
+        raise FinSenseError(f"episodes={options['episodes']}: must be an integer >= 1")
+    result = run_episode_evaluation(run_dir, options["checkpoint"], episodes=episodes)
+    where = result["checkpoint"]
+    trained = "" if result["episode"] is None else f" (episode {result['episode']})"
+    print(f"Greedy policy of {where}{trained} over {episodes} episodes:")
+    print(
+        f"  return {result['mean_return']:.1f} +/- {result['std_return']:.1f} (std; min "
+        f"{result['min_return']:.1f}, max {result['max_return']:.1f}), mean length "
+        f"{result['mean_length']:.1f}"
+    )
+    print(f"Wrote {run_dir / 'eval' / 'episodes.json'}")
     return 0
 
 

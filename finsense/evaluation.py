@@ -402,6 +402,77 @@ def run_evaluation(
     return result
 
 
+def is_trading_run(config: Mapping[str, Any]) -> bool:
+    """Whether a run's recorded config trains on a trading env (one with a test split)."""
+    env = config.get("env") or {}
+    target = str(env.get("_target_", "finsense.envs.TradingEnv"))  # older configs: trading
+    return target.rsplit(".", 1)[-1] == "TradingEnv"
+
+
+#: Where :func:`run_episode_evaluation` writes, under the run's ``eval/``.
+EPISODES_FILE = "episodes.json"
+#: Reset seeds of evaluation episodes start here: far from the training episodes' seeds.
+EVAL_SEED_BASE = 1_000_000
+
+
+def run_episode_evaluation(
+    run_dir: str | Path, checkpoint: str | Path = "best", *, episodes: int = 20
+) -> dict[str, Any]:
+    """The greedy policy of a run's checkpoint over ``episodes`` episodes of the run's env (any
+    env: CartPole, ...): mean and standard deviation of the return and the length; written to
+    ``RUN_DIR/eval/episodes.json`` and returned.
+
+    Episode ``i`` is reset with seed ``EVAL_SEED_BASE + i``, so two evaluations of one
+    checkpoint agree and no evaluation episode replays a training episode's start.
+    """
+    from omegaconf import OmegaConf
+
+    from finsense.components import build_env
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    manager, selected = select_checkpoint(run_dir, config, checkpoint)
+    network, metadata, path = load_policy_network(manager, selected)
+    env = build_env(OmegaConf.create({"env": config["env"]}))
+    act = greedy_actor(network)
+    returns, lengths = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=EVAL_SEED_BASE + i)
+        total, steps, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            steps += 1
+            done = terminated or truncated
+        returns.append(total)
+        lengths.append(steps)
+    env.close()
+    episode = metadata.get("episode")
+    result = {
+        "checkpoint": relative_to_run(path, run_dir),
+        "episode": episode if isinstance(episode, int) else None,
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns, ddof=1)) if episodes > 1 else 0.0,
+        "min_return": float(np.min(returns)),
+        "max_return": float(np.max(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "returns": returns,
+        "lengths": lengths,
+        "reset_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + episodes - 1],
+    }
+    out = run_dir / EVAL_DIR
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / EPISODES_FILE, result)
+    except OSError as exc:
+        raise FinSenseError(
+            f"{exc.filename or out}: cannot write the evaluation results "
+            f"({exc.strerror or exc}); make the run directory writable and evaluate again"
+        ) from None
+    return result
+
+
 def load_policy_network(
     manager: CheckpointManager, selected: CheckpointInfo | Path
 ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
