@@ -46,7 +46,7 @@ def run_dirname(name: str | None, override_dirname: str | None) -> str:
     path) is percent-encoded so the run stays one directory, not a nested tree; a very long name is
     shortened with a hash of the full one so it stays unique and stable.
     """
-    parts = [p for p in (name, override_dirname) if p]
+    parts = [p for p in (name, _experiment_overrides(override_dirname)) if p]
     raw = ",".join(parts) or "default"
     safe = quote(raw, safe="=,+-_.:@[]")
     if safe in (".", ".."):
@@ -55,6 +55,43 @@ def run_dirname(name: str | None, override_dirname: str | None) -> str:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
         safe = f"{safe[: _MAX_DIRNAME - 13]}~{digest}"
     return safe
+
+
+#: Override key prefixes that never name a run: how a run is logged is not what it trains
+#: (``logger=...`` itself is in ``exclude_keys``, which only matches whole keys).
+_NOT_EXPERIMENT_PREFIXES = ("logger.",)
+
+
+def _split_overrides(text: str) -> list[str]:
+    """Hydra's ``override_dirname`` back into its overrides: split at the commas that are not
+    inside brackets or quotes (``a=[1,2],b=3`` is two)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item]
+
+
+def _experiment_overrides(override_dirname: str | None) -> str | None:
+    """``override_dirname`` without the overrides of keys that do not define the experiment."""
+    if not override_dirname:
+        return override_dirname
+    kept = [
+        item
+        for item in _split_overrides(override_dirname)
+        if not item.lstrip("+~").startswith(_NOT_EXPERIMENT_PREFIXES)
+    ]
+    return ",".join(kept)
 
 
 def sweep_dirname(name: str | None) -> str:
@@ -621,6 +658,11 @@ def main() -> None:
     # Ctrl+C outside the episode loop (while importing, composing, finishing) ends quietly too.
     try:
         hydra_main()
+    except BrokenPipeError:  # `--help | head`: the reader went away, as with any Unix tool
+        from finsense.cli import point_at_devnull
+
+        point_at_devnull(sys.stdout.fileno())
+        sys.exit(128 + getattr(signal, "SIGPIPE", 13))
     except KeyboardInterrupt:
         print("Interrupted; the checkpoints on disk are intact.", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

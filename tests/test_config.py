@@ -106,6 +106,10 @@ def test_run_dirname_is_stable_flat_and_never_empty() -> None:
     assert long != run_dirname(None, "x=" + "a" * 499)
     assert run_dirname(None, "..") not in (".", "..")
     assert sweep_dirname(None) == "sweep" and sweep_dirname("lr") == "lr"
+    # How a run is logged is not what it trains: logger.* keys never name it.
+    logged = "+logger.wandb.tags=[a,b],agent.gamma=0.9,logger.wandb.mode=offline,x=[1,2]"
+    assert run_dirname(None, logged) == "agent.gamma=0.9,x=[1,2]"
+    assert run_dirname(None, "logger.wandb.mode=offline") == "default"
 
 
 def test_run_dir_ignores_keys_that_do_not_change_the_experiment() -> None:

@@ -14,8 +14,6 @@ from finsense.errors import ConfigError, FinSenseError
 from finsense.loggers import (
     TENSORBOARD_DIR,
     TensorBoardLogger,
-    check_logger_available,
-    open_logger,
 )
 
 
@@ -76,20 +74,20 @@ def test_points_are_on_disk_as_soon_as_an_episode_is_logged(tmp_path: Path) -> N
         logger.close()
 
 
-def test_open_logger_chooses_by_name_and_purges_after_the_start(tmp_path: Path) -> None:
-    assert open_logger("csv", tmp_path) is None
-    old = open_logger("tensorboard", tmp_path)
-    assert old is not None
+def test_start_opens_under_the_run_dir_and_a_fresh_start_purges_the_old_points(
+    tmp_path: Path,
+) -> None:
+    old = TensorBoardLogger()
+    old.start(tmp_path, 2, {})
     old.log(3, row(3, 1))
     old.close()
     # A fresh start after resume=never (start 0): the old history's points disappear too.
-    fresh = open_logger("tensorboard", tmp_path, start_episode=0)
-    assert fresh is not None and fresh.log_dir == tmp_path / TENSORBOARD_DIR
+    fresh = TensorBoardLogger()
+    fresh.start(tmp_path, 0, {})
+    assert fresh.log_dir == tmp_path / TENSORBOARD_DIR
     fresh.log(1, row(1, 2))
     fresh.close()
     assert read_scalars(tmp_path / TENSORBOARD_DIR, "total_profit") == [(1, 2001.0)]
-    with pytest.raises(FinSenseError, match="logger must be csv or tensorboard"):
-        open_logger("wandb", tmp_path)
 
 
 def test_missing_tensorboard_is_one_clear_line(
@@ -103,7 +101,7 @@ def test_missing_tensorboard_is_one_clear_line(
 
 
 # -- checked before any work (issue 17) ----------------------------------------------------------
-def test_check_logger_available_refuses_a_missing_tensorboard_in_one_line(
+def test_a_missing_tensorboard_is_refused_when_the_logger_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = importlib.util.find_spec
@@ -115,19 +113,9 @@ def test_check_logger_available_refuses_a_missing_tensorboard_in_one_line(
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ConfigError) as info:
-        check_logger_available("tensorboard")
+        TensorBoardLogger()  # built before any work starts, from logger/tensorboard.yaml
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("logger=tensorboard needs the tensorboard extra: pip install ")
     assert "finsense[tensorboard]" in message
-    assert asked == ["tensorboard"]  # found by its spec: nothing heavy was imported to tell
-
-
-def test_check_logger_available_passes_csv_and_an_installed_tensorboard(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    check_logger_available("tensorboard")  # installed in the dev environment
-    monkeypatch.setattr(importlib.util, "find_spec", lambda *a: None)
-    check_logger_available("csv")  # needs nothing beyond metrics.csv, whatever is installed
-    with pytest.raises(ConfigError, match="logger must be csv or tensorboard, got 'wandb'"):
-        check_logger_available("wandb")
+    assert "tensorboard" in asked  # found by its spec: nothing heavy was imported to tell
