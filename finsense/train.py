@@ -415,8 +415,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     validate(cfg)
     check_run_dir_layout(run_dir)
     device = resolve_device(cfg.device)
-    if str(cfg.resume) not in ("auto", "never"):
-        resume_path(str(cfg.resume), run_dir)  # a missing file is refused before any work
+    # Resolved once, here: a missing file is refused before any work.
+    resume: str | Path = str(cfg.resume)
+    if resume not in ("auto", "never"):
+        resume = resume_path(str(resume), run_dir)
 
     # Build everything that can fail on bad input before touching the run directory.
     set_torch_threads(cfg.threads)
@@ -457,7 +459,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             on_start=record.start,
         )
         try:
-            result = trainer.run(resume=str(cfg.resume))
+            result = trainer.run(resume=resume)
         finally:
             record.close()
 

@@ -424,8 +424,14 @@ class Trainer:
         self._interrupt = GracefulInterrupt()
 
     # -- resume -----------------------------------------------------------------------------
-    def find_checkpoint(self, resume: str) -> CheckpointInfo | Path | None:
-        """The checkpoint ``resume`` (auto | never | PATH) names; ``never`` archives the history."""
+    def find_checkpoint(self, resume: str | Path) -> CheckpointInfo | Path | None:
+        """The checkpoint ``resume`` (auto | never | PATH) names; ``never`` archives the history.
+
+        A :class:`Path` is a checkpoint already resolved (:func:`resume_path`) and is taken as
+        it is; a string path is resolved here.
+        """
+        if isinstance(resume, Path):
+            return resume
         if resume == "never":
             archived = self.manager.archive(move=(self.metrics_log.path,))
             if archived is not None:
@@ -493,7 +499,7 @@ class Trainer:
         )
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, resume: str = "auto") -> TrainResult:
+    def run(self, resume: str | Path = "auto") -> TrainResult:
         """Resume per ``resume`` and train to ``settings.episodes``; save per the save policy."""
         total = self.settings.episodes
         self.manager.check_format()

@@ -62,6 +62,17 @@ def _train(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedP
     )
 
 
+def _evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "finsense.evaluate", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, body in files.items():
         path = root / name
@@ -88,14 +99,7 @@ def test_readme_bring_your_own_examples_run_as_written(tmp_path: Path) -> None:
     assert not torch.equal(weights["body.1.bias"], torch.zeros_like(weights["body.1.bias"]))
     meta = json.loads((network_run / "models" / "model_ep6.json").read_text())
     assert meta["learner"] == "autograd"
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "finsense.evaluate", str(network_run)],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    evaluated = _evaluate(tmp_path, str(network_run))
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
 
     # The user's env: its return and length are the episode metrics, the best by the return.
@@ -238,14 +242,7 @@ def test_gym_env_trains_and_evaluates_by_episode_return(tmp_path: Path) -> None:
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[-2]) for r in rows[1:]]
     assert steps[-1] >= 300 > steps[-2]  # ends with the episode that reaches max_steps
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "finsense.evaluate", str(run_dir), "episodes=3"],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    evaluated = _evaluate(tmp_path, str(run_dir), "episodes=3")
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     assert "over 3 episodes" in evaluated.stdout
     result = json.loads((run_dir / "eval" / "episodes.json").read_text())

@@ -93,6 +93,7 @@ def test_a_fixed_job_clears_its_failure_and_the_sweep_succeeds(tmp_path: Path) -
 
 _TWO_VALUES = {
     "episodes": "2,3",
+    "max_steps": "100,200",
     "resume": "auto,never",
     "device": "cpu,cpu",
     "name": "a,b",
