@@ -48,6 +48,8 @@ from finsense.evaluation import (
     EVAL_DIR,
     METRICS_FILE,
     EquityCurve,
+    is_trading_run,
+    load_run_config,
     read_equity,
     run_evaluation,
 )
@@ -346,6 +348,9 @@ def report_run(run_dir: Path) -> tuple[list[Path], list[str]]:
 
     equity_csv = run_dir / EVAL_DIR / EQUITY_FILE
     try:
+        if not is_trading_run(load_run_config(run_dir)):
+            reason = "the run's env is not a trading env (no test split, no equity)"
+            return written, [f"equity.png: {reason}", f"drawdown.png: {reason}"]
         if not equity_csv.is_file():
             log.info("No %s yet: evaluating the best checkpoint on the test split", equity_csv)
             run_evaluation(run_dir)
