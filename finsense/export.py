@@ -47,6 +47,7 @@ from finsense.data.market import n_test_rows
 from finsense.envs.trading import FEATURE_CLIP, TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
 from finsense.evaluation import (
+    is_trading_run,
     load_policy_network,
     load_run_config,
     run_env_kwargs,
@@ -361,6 +362,12 @@ def export_policy(
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    if not is_trading_run(config):
+        raise FinSenseError(
+            f"{run_dir}: export writes a trading policy's spec (observation features, action "
+            "positions) and this run's env is not a trading env; load its weights with "
+            "finsense.evaluation.load_policy_network instead"
+        )
     manager, selected = select_checkpoint(run_dir, config, checkpoint, doing="exporting")
     network, metadata, path = load_policy_network(manager, selected)
     if type(network) is not QNetwork:
