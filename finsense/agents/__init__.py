@@ -1,4 +1,4 @@
-"""DQN agents: the learner, its Q-networks (MLP, conv1d, GRU) and its replay buffer."""
+"""Agents: DQN (its learners, Q-networks: MLP, conv1d, GRU, and replay buffer) and PPO."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from finsense.agents.dqn import DQNAgent, DQNConfig, greedy_action
 from finsense.agents.learners import AutogradLearner, FastLearner, td_target
 from finsense.agents.networks import QNetwork
 from finsense.agents.optim import FlatAdam
+from finsense.agents.ppo import ActorCriticMLP, PPOAgent, PPOConfig
 from finsense.agents.sequence_networks import Conv1dQNetwork, GRUQNetwork
 
 __all__ = [
+    "ActorCriticMLP",
     "AutogradLearner",
     "Batch",
     "Conv1dQNetwork",
@@ -18,6 +20,8 @@ __all__ = [
     "FastLearner",
     "FlatAdam",
     "GRUQNetwork",
+    "PPOAgent",
+    "PPOConfig",
     "QNetwork",
     "ReplayBuffer",
     "greedy_action",

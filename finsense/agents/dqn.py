@@ -509,20 +509,7 @@ class DQNAgent:
         ]
 
     def _check_arch(self, arch: Mapping[str, Any]) -> None:
-        """Refuse a checkpoint whose network has another shape than this agent's."""
-        mine = self.network_arch
-        names = {"obs_dim": "the env's observation size", "n_actions": "the env's action count"}
-        differences = [
-            f"checkpoint {key}={arch.get(key)!r} != {names.get(key, 'agent.network.' + key)}="
-            f"{mine.get(key)!r}"
-            for key in sorted(set(arch) | set(mine))
-            if _plain(arch.get(key)) != _plain(mine.get(key))
-        ]
-        if differences:
-            raise ConfigError(
-                "; ".join(differences) + ". Use the checkpoint's settings to resume it, or "
-                "resume=never / a new name to start afresh"
-            )
+        check_arch(arch, self.network_arch)
 
     @classmethod
     def load_policy(
@@ -550,6 +537,23 @@ class DQNAgent:
         network.load_state_dict(policy_state["weights"])
         target = resolve_device(str(device))
         return network.to(target).eval()
+
+
+def check_arch(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose policy network has another shape than this agent's: one line
+    per difference, naming the config key (``agent.network.<key>``) or the env's size."""
+    names = {"obs_dim": "the env's observation size", "n_actions": "the env's action count"}
+    differences = [
+        f"checkpoint {key}={saved.get(key)!r} != {names.get(key, 'agent.network.' + key)}="
+        f"{mine.get(key)!r}"
+        for key in sorted(set(saved) | set(mine))
+        if _plain(saved.get(key)) != _plain(mine.get(key))
+    ]
+    if differences:
+        raise ConfigError(
+            "; ".join(differences) + ". Use the checkpoint's settings to resume it, or "
+            "resume=never / a new name to start afresh"
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -247,3 +247,14 @@ def test_gym_env_trains_and_evaluates_by_episode_return(tmp_path: Path) -> None:
     assert "over 3 episodes" in evaluated.stdout
     result = json.loads((run_dir / "eval" / "episodes.json").read_text())
     assert len(result["returns"]) == 3 and result["mean_return"] > 0
+    for tool, says in (("report", "not a trading env"), ("export", "not a trading env")):
+        done = subprocess.run(
+            [sys.executable, "-m", f"finsense.{tool}", str(run_dir)],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (run_dir / "report" / "training_curve.png").is_file()
