@@ -373,7 +373,7 @@ def test_cli_usage_line_shows_the_run_as_optional(capsys: pytest.CaptureFixture[
     usage = capsys.readouterr().out.splitlines()[0]
     assert usage == (
         "usage: python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] "
-        "[checkpoint=best|latest|PATH] [seeds=N]"
+        "[checkpoint=best|latest|PATH] [seeds=N] [episodes=N]"
     )
 
 

@@ -30,10 +30,27 @@ TINY = [
 def train_argv(*args: str, tiny: bool = True, multirun: bool = False) -> list[str]:
     """The command line of a real ``python -m finsense.train`` run (``TINY`` settings first).
 
-    ``--multirun`` must come before the overrides: Hydra's argparse stops reading them at a flag.
+    ``--multirun`` and ``--config-dir DIR`` come before the overrides: Hydra's argparse stops
+    reading flags at the first override. With another env than the default (``env=...``) the
+    tiny market keys it does not have are left out (the synthetic market's size; all of them
+    for a non-trading env).
     """
     flags = ["--multirun"] if multirun else []
-    return [sys.executable, "-m", "finsense.train", *flags, *(TINY if tiny else []), *args]
+    rest = list(args)
+    if "--config-dir" in rest:
+        i = rest.index("--config-dir")
+        flags += rest[i : i + 2]
+        del rest[i : i + 2]
+    envs = [a.partition("=")[2] for a in rest if a.startswith("env=")]
+    tiny_args = list(TINY) if tiny else []
+    if envs and envs[-1] != "synthetic":
+        trading = envs[-1] in ("googl", "csv")
+        tiny_args = [
+            t
+            for t in tiny_args
+            if not (t.startswith("env.data.n_steps") or (not trading and t.startswith("env.")))
+        ]
+    return [sys.executable, "-m", "finsense.train", *flags, *tiny_args, *rest]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.helpers import TINY, load_checkpoint_tensors, subprocess_env, wait_for
+from tests.e2e.helpers import load_checkpoint_tensors, subprocess_env, train_argv, wait_for
 from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
@@ -42,21 +42,8 @@ def _bring_your_own() -> tuple[dict[str, str], list[list[str]]]:
     return files, commands
 
 
-def _argv(*args: str) -> list[str]:
-    """``python -m finsense.train`` with the tiny settings; ``--config-dir DIR`` comes first
-    (Hydra's parser reads no flag after the first override)."""
-    head: list[str] = []
-    rest = list(args)
-    if "--config-dir" in args:
-        i = args.index("--config-dir")
-        head, rest = list(args[i : i + 2]), list(args[:i]) + list(args[i + 2 :])
-    other_env = any(a.startswith("env=") for a in args)  # the tiny market keys are not its keys
-    tiny = [t for t in TINY if not (other_env and t.startswith("env."))]
-    return [sys.executable, "-m", "finsense.train", *head, *tiny, *rest]
-
-
 def _train(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = _argv(*args)
+    argv = train_argv(*args)
     return subprocess.run(
         argv, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -127,7 +114,7 @@ def _kill_and_resume(tmp_path: Path, *overrides: str, episodes: int = 24) -> Non
     def rows() -> int:
         return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
-    argv = _argv(*overrides, target, f"hydra.run.dir={run_dir}")
+    argv = train_argv(*overrides, target, f"hydra.run.dir={run_dir}")
     kills = 0
     for _ in range(3):
         before = rows()

@@ -40,9 +40,7 @@ def test_cartpole_dqn_preset_averages_at_least_400_within_100k_steps(tmp_path: P
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     steps = [int(line.split(",")[-2]) for line in (run_dir / "metrics.csv").read_text().split()[1:]]
     assert 100_000 <= steps[-1] < 100_000 + 500 and steps[-2] < 100_000
-    evaluated = _run(
-        tmp_path, "finsense.evaluate", str(run_dir), "checkpoint=latest", timeout=300
-    )
+    evaluated = _run(tmp_path, "finsense.evaluate", str(run_dir), "checkpoint=latest", timeout=300)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     result = json.loads((run_dir / "eval" / "episodes.json").read_text())
     assert result["episodes"] == 20
