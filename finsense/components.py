@@ -194,6 +194,35 @@ def build_agent(
     )
 
 
+def optimizer_parts(
+    optimizer: Callable[..., torch.optim.Optimizer] | None,
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The class and keyword arguments of ``agent.optimizer`` (a ``_partial_`` ``torch.optim``
+    class; ``None``: Adam), for an agent to build over its parameters with
+    ``lr=agent.learning_rate``.
+
+    Raises:
+        ConfigError: not a ``torch.optim.Optimizer`` class, or ``agent.optimizer.lr`` set.
+    """
+    if optimizer is None:
+        return torch.optim.Adam, {}
+    optimizer_class = getattr(optimizer, "func", optimizer)
+    kwargs = dict(getattr(optimizer, "keywords", None) or {})
+    if not (
+        isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)
+    ):
+        raise ConfigError(
+            f"agent.optimizer._target_ must be a torch.optim.Optimizer class, got "
+            f"{optimizer_class!r}"
+        )
+    if "lr" in kwargs:
+        raise ConfigError(
+            "agent.optimizer.lr: set the learning rate with agent.learning_rate "
+            "(one key, the one sweeps and the logs use)"
+        )
+    return optimizer_class, kwargs
+
+
 def check_network(network: torch.nn.Module, obs_dim: int, n_actions: int, key: str) -> None:
     """Run a batch of two zero observations through ``network``: one value per action, or one
     line naming ``key``. Draws no random numbers (the global generators are restored)."""

@@ -243,7 +243,7 @@ class DQNAgent:
             ConfigError: one line naming the key: an unknown hyperparameter, a network whose
                 output is not one value per action, ``agent.optimizer.lr`` set.
         """
-        from finsense.components import call_partial, check_network
+        from finsense.components import call_partial, check_network, optimizer_parts
         from finsense.config import unknown_key
 
         known = [f.name for f in fields(DQNConfig) if f.name not in _NETWORK_FIELDS]
@@ -251,24 +251,7 @@ class DQNAgent:
             if key not in known:
                 raise unknown_key(key, "agent", known + ["network", "optimizer"])
         config = DQNConfig(**hyperparameters)
-        optimizer_class: Any = torch.optim.Adam
-        optimizer_kwargs: dict[str, Any] = {}
-        if optimizer is not None:
-            optimizer_class = getattr(optimizer, "func", optimizer)
-            optimizer_kwargs = dict(getattr(optimizer, "keywords", None) or {})
-            if not (
-                isinstance(optimizer_class, type)
-                and issubclass(optimizer_class, torch.optim.Optimizer)
-            ):
-                raise ConfigError(
-                    f"agent.optimizer._target_ must be a torch.optim.Optimizer class, got "
-                    f"{optimizer_class!r}"
-                )
-            if "lr" in optimizer_kwargs:
-                raise ConfigError(
-                    "agent.optimizer.lr: set the learning rate with agent.learning_rate "
-                    "(one key, the one sweeps and the logs use)"
-                )
+        optimizer_class, optimizer_kwargs = optimizer_parts(optimizer)
         net: torch.nn.Module | None = None
         if network is not None:
             with torch.random.fork_rng(devices=[]):
