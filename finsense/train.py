@@ -645,18 +645,27 @@ def main() -> None:
     """Console entry point (``finsense-train``) and ``python -m finsense.train``."""
     from finsense.cli import restore_interrupt
 
-    restore_interrupt()
     if "--version" in sys.argv[1:]:
+        restore_interrupt()
         print(version_line())
         return
     try:
         sys.argv = [sys.argv[0], *translate_guide_flags(sys.argv[1:])]
     except FinSenseError as err:
+        restore_interrupt()
         print(f"ERROR: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     from finsense.parent_watch import mark_launcher
 
     mark_launcher()  # sweep workers inherit this pid and end when this process dies
+    if not {"-h", "--help", "--hydra-help"} & set(sys.argv[1:]):
+        # The heavy imports happen now, while Ctrl+C still ends the process at once with one
+        # line (finsense/__init__.py): a KeyboardInterrupt raised inside torch's import, where
+        # Python runs under C++ frames, would abort the process (SIGABRT) instead.
+        import torch  # noqa: F401
+
+        import finsense.components  # noqa: F401
+    restore_interrupt()
     # Ctrl+C outside the episode loop (while importing, composing, finishing) ends quietly too.
     try:
         hydra_main()
@@ -667,6 +676,9 @@ def main() -> None:
         sys.exit(128 + getattr(signal, "SIGPIPE", 13))
     except KeyboardInterrupt:
         print("Interrupted; the checkpoints on disk are intact.", file=sys.stderr)
+        # Nothing after that line: an import cut short (torch's, whose logging setup had not
+        # run) leaves exit hooks that would log their debug lines through the console handler.
+        logging.disable(logging.CRITICAL)
         sys.exit(128 + signal.SIGINT)
 
 
