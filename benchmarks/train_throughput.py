@@ -19,14 +19,17 @@ logit per action and one value, orthogonal init (sqrt 2 hidden, 0.01 policy, 1 v
 
 - ``finsense-ppo``: ``PPOAgent`` with ``ActorCriticMLP(obs_dim, n_actions, hidden_sizes=(64, 64),
   shared=False)`` (not the agent's default ``shared=True``, one trunk for both heads, which SB3's
-  ``MlpPolicy`` does not build unless asked);
+  ``MlpPolicy`` does not build unless asked), with the default ``agent.learner=auto`` (for this
+  network and Adam, the hand-written fast path and numpy acting);
+- ``finsense-ppo-autograd``: the same with ``agent.learner=autograd`` (autograd and
+  ``torch.optim.Adam``, torch acting: the path any other network takes);
 - ``sb3-ppo``: ``PPO("MlpPolicy", env, policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64,
   64]), activation_fn=nn.Tanh))``, SB3's default policy (its features extractor, shared, is a
   ``Flatten``: no weights).
 
 Each run is a separate Python process, and the implementations alternate (finsense,
-finsense-autograd, sb3, finsense-ppo, sb3-ppo, finsense, ...) so that drift in machine load hits
-all alike. Two speeds per run:
+finsense-autograd, sb3, finsense-ppo, finsense-ppo-autograd, sb3-ppo, finsense, ...) so that
+drift in machine load hits all alike. Two speeds per run:
 
 - ``train``: env steps / seconds of the training loop itself (acting, env steps, storing,
   learning), measured inside the process;
@@ -99,12 +102,17 @@ PPO_HIDDEN = [64, 64]
 #: Benchmark rows of each algorithm; the first is the FinSense row the ratio column divides by.
 ALGOS: dict[str, tuple[str, ...]] = {
     "dqn": ("finsense", "finsense-autograd", "sb3"),
-    "ppo": ("finsense-ppo", "sb3-ppo"),
+    "ppo": ("finsense-ppo", "finsense-ppo-autograd", "sb3-ppo"),
 }
 IMPLS = tuple(impl for impls in ALGOS.values() for impl in impls)
 ALGO_OF = {impl: algo for algo, impls in ALGOS.items() for impl in impls}
 SB3_IMPLS = ("sb3", "sb3-ppo")
-LEARNERS = {"finsense": "auto", "finsense-autograd": "autograd"}
+LEARNERS = {
+    "finsense": "auto",
+    "finsense-autograd": "autograd",
+    "finsense-ppo": "auto",
+    "finsense-ppo-autograd": "autograd",
+}
 
 
 # -- workers (run in their own process) -----------------------------------------------------------
@@ -157,9 +165,9 @@ def run_finsense(steps: int, seed: int, learner: str = "auto") -> float:
     return finsense_loop(env, agent, steps, seed)
 
 
-def run_finsense_ppo(steps: int, seed: int) -> float:
-    """Train FinSense's PPO (separate actor and critic MLPs) for ``steps`` env steps; return the
-    loop's seconds."""
+def run_finsense_ppo(steps: int, seed: int, learner: str = "auto") -> float:
+    """Train FinSense's PPO (separate actor and critic MLPs) with ``agent.learner=learner`` for
+    ``steps`` env steps; return the loop's seconds."""
     import torch
 
     from finsense.agents import PPOAgent
@@ -172,7 +180,7 @@ def run_finsense_ppo(steps: int, seed: int) -> float:
     agent = PPOAgent(
         obs_dim,
         n_actions,
-        PPOConfig(**PPO_HYPER),
+        PPOConfig(**PPO_HYPER, learner=learner),
         seed=seed,
         device="cpu",
         network=network,
@@ -237,8 +245,8 @@ def worker(impl: str, steps: int, threads: int, seed: int) -> None:
         seconds = run_sb3(steps, seed)
     elif impl == "sb3-ppo":
         seconds = run_sb3_ppo(steps, seed)
-    elif impl == "finsense-ppo":
-        seconds = run_finsense_ppo(steps, seed)
+    elif impl.startswith("finsense-ppo"):
+        seconds = run_finsense_ppo(steps, seed, LEARNERS[impl])
     else:
         seconds = run_finsense(steps, seed, LEARNERS[impl])
     print(json.dumps({"impl": impl, "train_seconds": seconds}))

@@ -423,3 +423,94 @@ def test_agent_ppo_with_a_q_network_from_the_config_group() -> None:
 def test_a_dqn_key_is_refused_with_the_key_named() -> None:
     with pytest.raises(ConfigError, match=r"agent\.learning_starts is not a key of agent"):
         build_agent(_compose("+agent.learning_starts=64"), _Spaces())  # type: ignore[arg-type]
+
+
+# -- the fast path: the same update as autograd's ------------------------------------------------
+def _minibatch(seed: int = 3, n: int = 12) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, OBS_DIM, generator=g)
+    actions = torch.randint(N_ACTIONS, (n,), generator=g)
+    # Old log-probabilities off the current ones by up to +-0.5: both branches of the clip.
+    old_log_probs = -1.1 + (torch.rand(n, generator=g) - 0.5)
+    advantages = torch.randn(n, generator=g)
+    returns = torch.randn(n, generator=g)
+    return obs, actions, old_log_probs, advantages, returns
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "separate"])
+@pytest.mark.parametrize(("ent_coef", "normalize"), [(0.0, True), (0.05, False)])
+def test_fast_gradient_equals_autograds(shared: bool, ent_coef: float, normalize: bool) -> None:
+    network = functools.partial(ActorCriticMLP, hidden_sizes=[8, 6], shared=shared)
+    hyper = {"ent_coef": ent_coef, "normalize_advantage": normalize, "vf_coef": 0.7}
+    fast = _agent(network=network, learner="fast", **hyper)
+    slow = _agent(network=network, learner="autograd", **hyper)
+    assert (fast.learner, slow.learner) == ("fast", "autograd")
+    batch = _minibatch()
+    stats_fast = fast._learner.gradient(*batch)
+    stats_slow = slow._learner.gradient(*batch)
+    torch.testing.assert_close(stats_fast, stats_slow, rtol=1e-5, atol=1e-6)
+    assert 0 < float(stats_slow[-1]) < 1  # some ratios clipped, some not
+    for (name, p_fast), p_slow in zip(
+        fast.actor.named_parameters(), slow.actor.parameters(), strict=True
+    ):
+        assert p_slow.grad is not None and p_fast.grad is not None
+        assert p_slow.grad.abs().sum() > 0, name
+        torch.testing.assert_close(p_fast.grad, p_slow.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fast_and_autograd_updates_agree_and_acting_follows_the_weights() -> None:
+    network = functools.partial(ActorCriticMLP, hidden_sizes=[16, 16], shared=False)
+    hyper = {"n_steps": 32, "batch_size": 8, "n_epochs": 3}
+    fast = _agent(network=network, learner="fast", **hyper)
+    slow = _agent(network=network, learner="autograd", **hyper)
+    env = _Env(seed=2, length=8)
+    for _ in range(4):  # the same transitions, with observe computing what act would keep
+        obs = env.reset()
+        for _ in range(8):
+            next_obs, reward, terminated, _ = env.step(1)
+            fast.observe(obs, 1, reward, next_obs, terminated)
+            slow.observe(obs, 1, reward, next_obs, terminated)
+            obs = next_obs
+        fast.end_episode()
+        slow.end_episode()
+    assert fast.updates == slow.updates == 1
+    for p_fast, p_slow in zip(fast.actor.parameters(), slow.actor.parameters(), strict=True):
+        torch.testing.assert_close(p_fast, p_slow, rtol=1e-4, atol=1e-5)
+    # Acting reads numpy copies of the weights, taken again after the update: the same policy
+    # as the network's own forward.
+    x = torch.randn(4, OBS_DIM)
+    for row in x:
+        logits, value = fast._policy(row.numpy())
+        log_probs = torch.log_softmax(torch.tensor(logits), -1).numpy()
+        with torch.no_grad():
+            expected = torch.log_softmax(fast.actor(row[None]), -1)[0]
+            expected_value = float(fast.actor.value(row[None])[0])
+        np.testing.assert_allclose(log_probs, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert value == pytest.approx(expected_value, rel=1e-5, abs=1e-6)
+
+
+def test_learner_auto_is_fast_only_for_the_built_in_network_with_adam() -> None:
+    assert _agent().learner == "fast"
+    assert _agent(network=functools.partial(QNetwork, hidden_sizes=[8])).learner == "autograd"
+
+    class Subclass(ActorCriticMLP):
+        pass
+
+    assert _agent(network=Subclass).learner == "autograd"
+    adamw = functools.partial(torch.optim.AdamW, weight_decay=0.01)
+    assert _agent(optimizer=adamw).learner == "autograd"
+    eps = functools.partial(torch.optim.Adam, eps=1e-5)
+    assert _agent(optimizer=eps).learner == "fast"
+    with pytest.raises(ConfigError, match=r"agent\.learner=fast needs the built-in"):
+        _agent(network=functools.partial(QNetwork, hidden_sizes=[8]), learner="fast")
+    with pytest.raises(ConfigError, match=r"agent\.learner must be one of auto, autograd, fast"):
+        _agent(learner="quick")
+
+
+def test_a_checkpoint_resumes_only_with_the_learner_that_wrote_it() -> None:
+    fast = _agent(n_steps=16, batch_size=8)
+    _run(fast, _Env(length=8), 3)
+    state = fast.state_dict()
+    assert state["training"]["learner"] == "fast"
+    with pytest.raises(ConfigError, match=r"agent\.learner=fast, this run uses autograd"):
+        _agent(n_steps=16, batch_size=8, learner="autograd").load_state_dict(state)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from finsense.agents.actor_critic import ActorCriticMLP
 from finsense.agents.buffer import Batch, ReplayBuffer
 from finsense.agents.dqn import DQNAgent, DQNConfig, greedy_action
 from finsense.agents.learners import AutogradLearner, FastLearner, td_target
 from finsense.agents.networks import QNetwork
 from finsense.agents.optim import FlatAdam
-from finsense.agents.ppo import ActorCriticMLP, PPOAgent, PPOConfig
+from finsense.agents.ppo import PPOAgent, PPOConfig
 from finsense.agents.sequence_networks import Conv1dQNetwork, GRUQNetwork
 
 __all__ = [

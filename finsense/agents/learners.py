@@ -46,15 +46,16 @@ def fast_path_allowed(
     network: torch.nn.Module,
     optimizer_class: type[torch.optim.Optimizer],
     optimizer_kwargs: Mapping[str, Any],
+    fast_network: type[torch.nn.Module] = QNetwork,
 ) -> bool:
-    """Whether :class:`FastLearner` computes exactly what :class:`AutogradLearner` would.
+    """Whether a hand-written fast path computes exactly what autograd would.
 
-    Only for the built-in MLP itself (``type(network) is QNetwork``: a subclass may change
-    ``forward`` or add parameters the hand-written backward pass does not know) and for Adam
-    with nothing but ``betas``/``eps`` set (what :class:`FlatAdam` implements).
+    Only for the built-in network itself (``type(network) is fast_network``: a subclass may
+    change ``forward`` or add parameters the hand-written backward pass does not know) and for
+    Adam with nothing but ``betas``/``eps`` set (what :class:`FlatAdam` implements).
     """
     return (
-        type(network) is QNetwork
+        type(network) is fast_network
         and optimizer_class is torch.optim.Adam
         and set(optimizer_kwargs) <= _FLAT_ADAM_KWARGS
     )
@@ -65,6 +66,7 @@ def choose_learner(
     network: torch.nn.Module,
     optimizer_class: type[torch.optim.Optimizer],
     optimizer_kwargs: Mapping[str, Any],
+    fast_network: type[torch.nn.Module] = QNetwork,
 ) -> str:
     """The learner ``agent.learner=requested`` means here: ``"fast"`` or ``"autograd"``.
 
@@ -73,7 +75,7 @@ def choose_learner(
     Raises:
         ConfigError: ``fast`` requested for a network or optimizer it does not implement.
     """
-    allowed = fast_path_allowed(network, optimizer_class, optimizer_kwargs)
+    allowed = fast_path_allowed(network, optimizer_class, optimizer_kwargs, fast_network)
     if requested == "auto":
         return "fast" if allowed else "autograd"
     if requested == "fast" and not allowed:

@@ -23,6 +23,33 @@ from finsense.errors import ConfigError
 _relu_backward = torch.ops.aten.threshold_backward
 
 
+def flatten_parameters(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """Make every parameter of ``module``, and its gradient, a view of one of two flat tensors.
+
+    Values are kept and ``parameters()`` order is the flat order, so a whole-network operation (an
+    optimizer step, the gradient norm, a copy into another network) is one tensor op. Parameters
+    stop requiring grad: gradients are written by hand into their ``.grad`` views.
+    ``load_state_dict`` keeps working (it copies in place); moving the module to another device
+    or assigning new parameters afterwards breaks the views.
+
+    Returns:
+        ``(params, grads)``: 1-D tensors with ``params.grad is grads``.
+    """
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grads = torch.zeros_like(flat)
+    offset = 0
+    for owner in module.modules():
+        for name, p in list(owner.named_parameters(recurse=False)):
+            n = p.numel()
+            view = nn.Parameter(flat[offset : offset + n].view_as(p), requires_grad=False)
+            view.grad = grads[offset : offset + n].view_as(p)
+            setattr(owner, name, view)
+            offset += n
+    flat.grad = grads
+    return flat, grads
+
+
 class QNetwork(nn.Module):
     """Q-values of every action: ``(batch, obs_dim)`` float32 -> ``(batch, n_actions)``.
 
@@ -105,30 +132,9 @@ class QNetwork(nn.Module):
 
     # -- training without autograd ------------------------------------------------------------
     def flatten_(self) -> tuple[Tensor, Tensor]:
-        """Make all parameters, and their gradients, views of two flat tensors; return them.
-
-        Values are kept and ``parameters()`` order is the flat order. Whole-network operations
-        (an optimizer step, the gradient norm, a target-network sync) are then one tensor op, and
-        :meth:`forward_cached`/:meth:`backward_cached` can hold on to the per-layer tensors.
-        Parameters stop requiring grad: the gradients are written by :meth:`backward_cached`.
-        ``load_state_dict`` keeps working (it copies in place); do not move the network to
-        another device or assign new parameters afterwards (that breaks the views).
-
-        Returns:
-            ``(params, grads)``: 1-D tensors with ``params.grad is grads``.
-        """
-        params = list(self.parameters())
-        flat = torch.cat([p.detach().reshape(-1) for p in params])
-        grads = torch.zeros_like(flat)
-        offset = 0
-        for owner in self.modules():
-            for name, p in list(owner.named_parameters(recurse=False)):
-                n = p.numel()
-                view = nn.Parameter(flat[offset : offset + n].view_as(p), requires_grad=False)
-                view.grad = grads[offset : offset + n].view_as(p)
-                setattr(owner, name, view)
-                offset += n
-        flat.grad = grads
+        """:func:`flatten_parameters` of this network, then keep its per-layer tensors for
+        :meth:`forward_cached`/:meth:`backward_cached` (which writes the gradients)."""
+        flat, grads = flatten_parameters(self)
         self._flat = []
         for layer in (*self.hidden, self.head):
             w, b = layer.weight, layer.bias

@@ -33,7 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from finsense.agents.actor_critic import ActorCriticMLP
 from finsense.agents.dqn import _global_rng_state, _set_global_rng_state, check_arch
+from finsense.agents.learners import LEARNERS, choose_learner
+from finsense.agents.ppo_learners import STATS, AutogradLearner, FastLearner, ppo_losses
 from finsense.device import resolve_device
 from finsense.errors import CheckpointError, ConfigError
 
@@ -46,94 +49,6 @@ METRIC_NAMES: tuple[str, ...] = (
     "policy_loss",
     "value_loss",
 )
-
-
-# -- the network ---------------------------------------------------------------------------------
-class ActorCriticMLP(nn.Module):
-    """Action logits and state values from one module: ``(batch, obs_dim)`` float32 ->
-    ``forward``: ``(batch, n_actions)`` logits, ``value``: ``(batch,)``.
-
-    Hidden layers are ``Linear`` + tanh of ``hidden_sizes`` units, shared by both heads
-    (``shared=True``) or one stack per head (``shared=False``: Stable-Baselines3's default
-    ``MlpPolicy``, ``net_arch=dict(pi=[64, 64], vf=[64, 64])``). Weights start as SB3's:
-    orthogonal, gain sqrt(2) for hidden layers, 0.01 for the policy head, 1 for the value head,
-    biases zero. The greedy action is ``forward(obs).argmax(-1)``, as for a Q-network, so
-    evaluation treats it like any policy network.
-    """
-
-    def __init__(
-        self,
-        obs_dim: int,
-        n_actions: int,
-        hidden_sizes: Sequence[int] = (64, 64),
-        shared: bool = True,
-    ) -> None:
-        super().__init__()
-        ok = isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
-        if not (
-            ok
-            and hidden_sizes
-            and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes)
-        ):
-            raise ConfigError(
-                "agent.network.hidden_sizes must be a non-empty list of positive integers, got "
-                f"{hidden_sizes!r}"
-            )
-        if not isinstance(shared, bool | np.bool_):
-            raise ConfigError(f"agent.network.shared must be true or false, got {shared!r}")
-        self.obs_dim = int(obs_dim)
-        self.n_actions = int(n_actions)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
-        self.shared = bool(shared)
-        self.pi_trunk = self._trunk()
-        self.vf_trunk = None if self.shared else self._trunk()
-        self.pi_head = nn.Linear(self.hidden_sizes[-1], self.n_actions)
-        self.vf_head = nn.Linear(self.hidden_sizes[-1], 1)
-        for trunk in (self.pi_trunk, self.vf_trunk):
-            for layer in trunk or ():
-                if isinstance(layer, nn.Linear):
-                    _orthogonal(layer, math.sqrt(2.0))
-        _orthogonal(self.pi_head, 0.01)
-        _orthogonal(self.vf_head, 1.0)
-
-    def _trunk(self) -> nn.Sequential:
-        sizes = (self.obs_dim, *self.hidden_sizes)
-        layers: list[nn.Module] = []
-        for i, o in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [nn.Linear(i, o), nn.Tanh()]
-        return nn.Sequential(*layers)
-
-    @property
-    def arch(self) -> dict[str, Any]:
-        """The network's shape as plain values (saved next to its weights)."""
-        return {
-            "obs_dim": self.obs_dim,
-            "n_actions": self.n_actions,
-            "hidden_sizes": list(self.hidden_sizes),
-            "shared": self.shared,
-        }
-
-    def forward(self, obs: Tensor) -> Tensor:
-        """Action logits: ``(batch, obs_dim) -> (batch, n_actions)`` (or unbatched)."""
-        return self.pi_head(self.pi_trunk(obs))
-
-    def value(self, obs: Tensor) -> Tensor:
-        """State values: ``(batch, obs_dim) -> (batch,)``."""
-        trunk = self.pi_trunk if self.vf_trunk is None else self.vf_trunk
-        return self.vf_head(trunk(obs)).squeeze(-1)
-
-    def logits_and_value(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Both heads, the shared trunk run once."""
-        h = self.pi_trunk(obs)
-        logits = self.pi_head(h)
-        if self.vf_trunk is not None:
-            h = self.vf_trunk(obs)
-        return logits, self.vf_head(h).squeeze(-1)
-
-
-def _orthogonal(layer: nn.Linear, gain: float) -> None:
-    nn.init.orthogonal_(layer.weight, gain=gain)
-    nn.init.zeros_(layer.bias)
 
 
 # -- hyperparameters -----------------------------------------------------------------------------
@@ -173,6 +88,10 @@ class PPOConfig:
     reward_scale: float = 1.0
     """Rewards are multiplied by this before they are stored (FinSense's trading preset: 100,
     daily log returns being ~0.01)."""
+    learner: str = "auto"
+    """How a gradient step is computed: ``autograd`` (any network, any optimizer), ``fast``
+    (hand-written, only :class:`ActorCriticMLP` with Adam) or ``auto`` (``fast`` where it applies,
+    see :mod:`finsense.agents.ppo_learners`)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -205,6 +124,8 @@ class PPOConfig:
                 require(is_number(value), f.name, "must be a finite number")
             elif f.type in ("bool", bool):
                 require(isinstance(value, bool | np.bool_), f.name, "must be true or false")
+            elif f.type in ("str", str):
+                require(isinstance(value, str), f.name, "must be a string")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
         require(self.n_steps >= 1, "n_steps", "must be >= 1")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -223,6 +144,7 @@ class PPOConfig:
         require(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         require(self.target_kl is None or self.target_kl > 0, "target_kl", "must be > 0 or null")
         require(self.reward_scale > 0, "reward_scale", "must be > 0")
+        require(self.learner in LEARNERS, "learner", "must be one of " + ", ".join(LEARNERS))
 
 
 # -- GAE -----------------------------------------------------------------------------------------
@@ -277,6 +199,10 @@ class PPOAgent:
         optimizer_class: the ``torch.optim`` optimizer over actor and critic, built with
             ``lr=config.learning_rate`` and ``optimizer_kwargs``.
         optimizer_kwargs: its other keyword arguments.
+
+    Raises:
+        ConfigError: ``config.learner`` is ``fast`` but the network is not exactly
+            :class:`ActorCriticMLP` or the optimizer not Adam.
     """
 
     #: ``agent.*`` keys a saved state cannot follow a change of: the network (its weights are
@@ -309,15 +235,30 @@ class PPOAgent:
             raise ValueError("network has a value method: it is its own critic; pass no critic")
         if not shared and critic is None:
             raise ValueError("network has no value method: pass a critic")
+        kwargs = dict(optimizer_kwargs or {})
+        #: ``"fast"`` or ``"autograd"``: what ``config.learner`` resolved to for this network
+        #: and optimizer; saved in :meth:`state_dict` (a resume must use the same).
+        self.learner = choose_learner(
+            config.learner,
+            network if critic is None else critic,  # a separate critic: autograd
+            optimizer_class,
+            kwargs,
+            ActorCriticMLP,
+        )
         self.actor = network.to(self.device)
         self.critic = None if critic is None else critic.to(self.device)
-        params = list(self.actor.parameters())
-        if self.critic is not None:
-            params += list(self.critic.parameters())
-        self.optimizer = optimizer_class(
-            params, lr=config.learning_rate, **dict(optimizer_kwargs or {})
-        )
-        self._params = params
+        self._learner: AutogradLearner | FastLearner
+        # The fast path acts from numpy copies of the weights, taken again after each change.
+        self._acting: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if self.learner == "fast":
+            assert isinstance(self.actor, ActorCriticMLP)
+            self._learner = FastLearner(self.actor, config, kwargs)
+            self._acting = self.actor.acting_weights()
+        else:
+            self._learner = AutogradLearner(
+                self.actor, self.critic, config, optimizer_class, kwargs
+            )
+        self.optimizer = self._learner.optimizer
         self._generator = torch.Generator().manual_seed(int(seed))
 
         n = config.n_steps
@@ -332,9 +273,9 @@ class PPOAgent:
         self._next_values = np.zeros(n, dtype=np.float32)  # V(next obs) where the chain breaks
         self._last_next_obs = np.zeros(self.obs_dim, dtype=np.float32)
         self._pos = 0
-        # What act() computed for the observation observe() stores next: log-probabilities of
-        # every action and the state's value.
-        self._pending: tuple[Tensor, float] | None = None
+        # What act() computed for the observation observe() stores next: the log-probability
+        # of the action taken and the state's value.
+        self._pending: tuple[float, float] | None = None
 
         self._steps = 0
         self._episodes = 0
@@ -434,13 +375,25 @@ class PPOAgent:
     # -- networks ---------------------------------------------------------------------------
     def _logits_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Action logits ``(batch, n_actions)`` and values ``(batch,)`` of a batch."""
-        if self.critic is not None:
-            return self.actor(x), self.critic(x).reshape(-1)
-        both = getattr(self.actor, "logits_and_value", None)
-        if both is not None:
-            logits, value = both(x)
-            return logits, value.reshape(-1)
-        return self.actor(x), self.actor.value(x).reshape(-1)  # type: ignore[operator]
+        return self._learner.logits_value(x)
+
+    def _policy(self, obs: np.ndarray) -> tuple[list[float], float]:
+        """The action logits (Python floats) and the value of one observation.
+
+        The fast path computes them in numpy from :meth:`ActorCriticMLP.acting_weights` (a few
+        microseconds; torch spends more than that per call on one observation).
+        """
+        if self._acting is None:
+            with torch.inference_mode():
+                x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+                logits, value = self._logits_value(x)
+                return logits[0].tolist(), float(value[0])
+        h = np.asarray(obs, dtype=np.float32)
+        *hidden, (w, b) = self._acting
+        for w_layer, b_layer in hidden:
+            h = np.tanh(w_layer @ h + b_layer)
+        out = (w @ h + b).tolist()
+        return out[:-1], out[-1]
 
     def _value(self, x: Tensor) -> Tensor:
         if self.critic is not None:
@@ -459,18 +412,28 @@ class PPOAgent:
         probable action (drawing nothing, so evaluating mid-training does not change the course
         of training).
 
-        Sampling draws from the agent's own generator and keeps the action's log-probability and
-        the state's value for the :meth:`observe` that follows.
+        Sampling inverts the policy's cumulative distribution at one uniform draw of the agent's
+        own generator, and keeps the action's log-probability and the state's value for the
+        :meth:`observe` that follows.
         """
-        with torch.inference_mode():
-            # A batch of one: the same kernels as evaluation's forward.
-            x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            if not explore:
+        if not explore:
+            with torch.inference_mode():
+                # A batch of one: the same kernels as evaluation's forward.
+                x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
                 return int(self.actor(x).argmax())
-            logits, value = self._logits_value(x)
-            log_probs = torch.log_softmax(logits[0].float(), -1).cpu()
-            action = int(torch.multinomial(log_probs.exp(), 1, generator=self._generator))
-        self._pending = (log_probs, float(value[0]))
+        logits, value = self._policy(obs)
+        # Python floats: for a handful of actions cheaper than any array library's calls.
+        top = max(logits)
+        weights = [math.exp(z - top) for z in logits]
+        total = math.fsum(weights)
+        u = float(torch.rand((), dtype=torch.float64, generator=self._generator)) * total
+        action, cumulative = len(weights) - 1, 0.0
+        for i, w in enumerate(weights):
+            cumulative += w
+            if u < cumulative:
+                action = i
+                break
+        self._pending = (_log_prob(logits, action), value)
         return action
 
     def observe(
@@ -491,16 +454,12 @@ class PPOAgent:
         """
         pending, self._pending = self._pending, None
         if pending is None:
-            with torch.inference_mode():
-                x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-                logits, value = self._logits_value(x)
-                pending = (torch.log_softmax(logits[0].float(), -1).cpu(), float(value[0]))
-        log_probs, value_now = pending
+            logits, value = self._policy(obs)
+            pending = (_log_prob(logits, action), value)
         t = self._pos
         self._obs[t] = obs
         self._actions[t] = action
-        self._log_probs[t] = float(log_probs[action])
-        self._values[t] = value_now
+        self._log_probs[t], self._values[t] = pending
         self._rewards[t] = reward * self.config.reward_scale
         self._terminated[t] = terminated
         self._ends[t] = terminated
@@ -554,40 +513,10 @@ class PPOAgent:
         advantages: Tensor,
         returns: Tensor,
     ) -> dict[str, Tensor]:
-        """The PPO losses of one minibatch (SB3's ``PPO.train``, one iteration).
-
-        Returns:
-            ``loss`` (with gradients: policy_loss + vf_coef * value_loss - ent_coef * entropy),
-            ``policy_loss`` (the clipped surrogate, negated), ``value_loss`` (MSE to the
-            returns), ``entropy`` (mean), ``approx_kl`` (``mean((r - 1) - log r)``) and
-            ``clip_fraction`` (the share of ratios outside the clip range); all but ``loss`` and
-            the three losses detached.
-        """
-        cfg = self.config
+        """The PPO losses of one minibatch (:func:`~finsense.agents.ppo_learners.ppo_losses`),
+        with gradients through the networks on the autograd path."""
         logits, values = self._logits_value(obs)
-        log_softmax = torch.log_softmax(logits, -1)
-        log_probs = log_softmax.gather(1, actions.unsqueeze(1)).squeeze(1)
-        entropy = -(log_softmax.exp() * log_softmax).sum(-1).mean()
-        if cfg.normalize_advantage and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        log_ratio = log_probs - old_log_probs
-        ratio = torch.exp(log_ratio)
-        surrogate = advantages * ratio
-        clipped = advantages * torch.clamp(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
-        policy_loss = -torch.min(surrogate, clipped).mean()
-        value_loss = torch.nn.functional.mse_loss(returns, values)
-        loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clip_fraction = ((ratio - 1).abs() > cfg.clip_range).float().mean()
-        return {
-            "loss": loss,
-            "policy_loss": policy_loss,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "approx_kl": approx_kl,
-            "clip_fraction": clip_fraction,
-        }
+        return ppo_losses(logits, values, actions, old_log_probs, advantages, returns, self.config)
 
     def learn(self) -> float:
         """One PPO update on the rollout stored so far, then clear it; return its mean loss."""
@@ -601,8 +530,7 @@ class PPOAgent:
         actions = torch.from_numpy(self._actions[:n]).to(dev)
         old_log_probs = torch.from_numpy(self._log_probs[:n]).to(dev)
         advantages, returns = advantages.to(dev), returns.to(dev)
-        keys = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-        sums = dict.fromkeys(keys, 0.0)
+        sums = torch.zeros(len(STATS), device=dev)
         count = 0
         self.actor.train()
         if self.critic is not None:
@@ -610,24 +538,24 @@ class PPOAgent:
         stop = False
         for _ in range(cfg.n_epochs):
             order = torch.randperm(n, generator=self._generator).to(dev)
+            # Shuffled once per epoch: each minibatch is then a slice (a view, no copy).
+            shuffled = [t[order] for t in (obs, actions, old_log_probs, advantages, returns)]
             for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                out = self.losses(
-                    obs[idx], actions[idx], old_log_probs[idx], advantages[idx], returns[idx]
+                stats = self._learner.gradient(
+                    *(t[start : start + cfg.batch_size] for t in shuffled)
                 )
                 # As SB3: the minibatch that stops the update counts in the means.
-                for key in keys:
-                    sums[key] += float(out[key].detach())
+                sums += stats
                 count += 1
-                if cfg.target_kl is not None and float(out["approx_kl"]) > 1.5 * cfg.target_kl:
+                kl = STATS.index("approx_kl")
+                if cfg.target_kl is not None and float(stats[kl]) > 1.5 * cfg.target_kl:
                     stop = True
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
-                self.optimizer.step()
+                self._learner.step()
             if stop:
                 break
+        if self._acting is not None:
+            self._acting = self.actor.acting_weights()  # type: ignore[operator]
         values = torch.from_numpy(self._values[:n])
         var_returns = float(returns.cpu().var(unbiased=False))
         explained = (
@@ -635,7 +563,7 @@ class PPOAgent:
             if var_returns == 0
             else 1.0 - float((returns.cpu() - values).var(unbiased=False)) / var_returns
         )
-        mean = {k: v / count for k, v in sums.items()}
+        mean = dict(zip(STATS, (sums / count).tolist(), strict=True))
         mean["explained_variance"] = explained
         self._metrics = {k: round(mean[k], 6) for k in METRIC_NAMES}
         self._updates += 1
@@ -694,7 +622,8 @@ class PPOAgent:
             "training": {
                 "algorithm": "ppo",
                 "critic": critic,
-                "optimizer": _clone(self.optimizer.state_dict()),
+                "learner": self.learner,
+                "optimizer": self._learner.optimizer_state_dict(),
                 "rollout": {
                     "size": n,
                     "obs": rows(self._obs),
@@ -747,6 +676,14 @@ class PPOAgent:
                 f"agent.network: the checkpoint's policy network had {had}, this one {has}; "
                 "use the checkpoint's agent.network to resume it"
             )
+        # Checkpoints written before there was a choice of learner came from autograd.
+        saved_learner = str(training.get("learner", "autograd"))
+        if saved_learner != self.learner:
+            raise ConfigError(
+                f"checkpoint was trained with agent.learner={saved_learner}, this run uses "
+                f"{self.learner} (agent.learner={self.config.learner}); resume it with "
+                f"agent.learner={saved_learner}, or resume=never / a new name to start afresh"
+            )
         rollout = training["rollout"]
         n = int(rollout["size"])
         if n > self.config.n_steps:
@@ -757,10 +694,9 @@ class PPOAgent:
         self.actor.load_state_dict(state["policy"]["weights"])
         if self.critic is not None:
             self.critic.load_state_dict(training["critic"])
-        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(dict(training["optimizer"]))
-        for group, hyper in zip(self.optimizer.param_groups, mine, strict=True):
-            group.update(hyper)
+        self._learner.load_optimizer_state_dict(training["optimizer"])
+        if self._acting is not None:
+            self._acting = self.actor.acting_weights()  # type: ignore[operator]
         for name, array in (
             ("obs", self._obs),
             ("actions", self._actions),
@@ -788,15 +724,10 @@ class PPOAgent:
         check_arch(arch, self.network_arch)
 
 
-def _clone(value: Any) -> Any:
-    """A deep copy of tensors in nested dicts and lists (the optimizer's state is live)."""
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clone(v) for v in value]
-    return value
+def _log_prob(logits: list[float], action: int) -> float:
+    """``log_softmax(logits)[action]``, in Python floats."""
+    top = max(logits)
+    return logits[action] - top - math.log(math.fsum(math.exp(z - top) for z in logits))
 
 
 def _check_value(network: nn.Module, obs_dim: int) -> None:
