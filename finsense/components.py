@@ -14,9 +14,11 @@ target does not take, a network whose output is not one value per action.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import gymnasium
@@ -194,6 +196,44 @@ def build_agent(
     )
 
 
+def agent_hyperparameters(
+    config_class: Any, hyperparameters: Mapping[str, Any], hidden: Collection[str] = ()
+) -> Any:
+    """``config_class(**hyperparameters)`` for an agent's ``from_config``: a key that is not one of
+    its fields (or is one of ``hidden``) is one line naming it and the closest known key.
+
+    Raises:
+        ConfigError: an unknown key, or a value the config class refuses.
+    """
+    from finsense.config import unknown_key
+
+    known = [f.name for f in dataclasses.fields(config_class) if f.name not in hidden]
+    for key in hyperparameters:
+        if key not in known:
+            raise unknown_key(key, "agent", known + ["network", "optimizer"])
+    return config_class(**hyperparameters)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Inside: the global torch CPU generator seeded by ``seed`` (a network's initialisation
+    draws from it); after: the generator as it was before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def build_network(
+    factory: Callable[..., Any], obs_dim: int, n_outputs: int, key: str = "agent.network"
+) -> torch.nn.Module:
+    """``factory(obs_dim, n_outputs)`` (``agent.network``'s ``_partial_``), which must build a
+    ``torch.nn.Module``; errors are one line naming ``key``."""
+    network = call_partial(factory, key, int(obs_dim), int(n_outputs))
+    if not isinstance(network, torch.nn.Module):
+        raise ConfigError(f"{key} built a {type(network).__name__}, not a torch.nn.Module")
+    return network
+
+
 def optimizer_parts(
     optimizer: Callable[..., torch.optim.Optimizer] | None,
 ) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
@@ -259,7 +299,5 @@ def policy_network(config: Mapping[str, Any], arch: Mapping[str, Any]) -> torch.
         if not isinstance(node, Mapping) or "_target_" not in node:
             return QNetwork.from_arch(dict(arch)).eval()
         factory = instantiate(OmegaConf.create(dict(node)), "agent.network")
-        network = call_partial(
-            factory, "agent.network", int(arch["obs_dim"]), int(arch["n_actions"])
-        )
+        network = build_network(factory, arch["obs_dim"], arch["n_actions"])
     return network.eval()

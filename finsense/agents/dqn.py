@@ -243,24 +243,20 @@ class DQNAgent:
             ConfigError: one line naming the key: an unknown hyperparameter, a network whose
                 output is not one value per action, ``agent.optimizer.lr`` set.
         """
-        from finsense.components import call_partial, check_network, optimizer_parts
-        from finsense.config import unknown_key
+        from finsense.components import (
+            agent_hyperparameters,
+            build_network,
+            check_network,
+            optimizer_parts,
+            seeded,
+        )
 
-        known = [f.name for f in fields(DQNConfig) if f.name not in _NETWORK_FIELDS]
-        for key in hyperparameters:
-            if key not in known:
-                raise unknown_key(key, "agent", known + ["network", "optimizer"])
-        config = DQNConfig(**hyperparameters)
+        config = agent_hyperparameters(DQNConfig, hyperparameters, hidden=_NETWORK_FIELDS)
         optimizer_class, optimizer_kwargs = optimizer_parts(optimizer)
         net: torch.nn.Module | None = None
         if network is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(seed)
-                net = call_partial(network, "agent.network", int(obs_dim), int(n_actions))
-            if not isinstance(net, torch.nn.Module):
-                raise ConfigError(
-                    f"agent.network built a {type(net).__name__}, not a torch.nn.Module"
-                )
+            with seeded(seed):
+                net = build_network(network, obs_dim, n_actions)
             check_network(net, int(obs_dim), int(n_actions), "agent.network")
         return cls(
             obs_dim,

@@ -312,28 +312,24 @@ class PPOAgent:
             ConfigError: one line naming the key: an unknown hyperparameter, a network whose
                 output is not one value per action, ``agent.optimizer.lr`` set.
         """
-        from finsense.components import call_partial, check_network, optimizer_parts
-        from finsense.config import unknown_key
+        from finsense.components import (
+            agent_hyperparameters,
+            build_network,
+            check_network,
+            optimizer_parts,
+            seeded,
+        )
 
-        known = [f.name for f in fields(PPOConfig)]
-        for key in hyperparameters:
-            if key not in known:
-                raise unknown_key(key, "agent", known + ["network", "optimizer"])
-        config = PPOConfig(**hyperparameters)
+        config = agent_hyperparameters(PPOConfig, hyperparameters)
         optimizer_class, optimizer_kwargs = optimizer_parts(optimizer)
         if network is None:
             network = ActorCriticMLP
         obs_dim, n_actions = int(obs_dim), int(n_actions)
         critic: nn.Module | None = None
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            actor = call_partial(network, "agent.network", obs_dim, n_actions)
-            if not isinstance(actor, nn.Module):
-                raise ConfigError(
-                    f"agent.network built a {type(actor).__name__}, not a torch.nn.Module"
-                )
+        with seeded(seed):
+            actor = build_network(network, obs_dim, n_actions)
             if not callable(getattr(actor, "value", None)):
-                critic = call_partial(network, "agent.network", obs_dim, 1)
+                critic = build_network(network, obs_dim, 1)
         check_network(actor, obs_dim, n_actions, "agent.network")
         if critic is None:
             _check_value(actor, obs_dim)
