@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -112,3 +113,39 @@ def kill_when(proc: subprocess.Popen[Any], predicate: Callable[[], bool], timeou
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def kill_at_random_moments(
+    argv: list[str], cwd: Path, run_dir: Path, *, attempts: int, seed: int, max_delay: float
+) -> int:
+    """Start ``argv`` (a training run into ``run_dir``) up to ``attempts`` times; each time, once it
+    has logged a new episode (a row of metrics.csv), SIGKILL it after a random delay of up to
+    ``max_delay`` seconds: inside an episode, between episodes or in the middle of a save.
+
+    Returns:
+        How many times the run was killed (fewer than ``attempts`` if it finished first).
+    """
+    metrics = run_dir / "metrics.csv"
+    rng = random.Random(seed)
+
+    def rows() -> int:
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    kills = 0
+    for _ in range(attempts):
+        before = rows()
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda p=proc, b=before: rows() > b or p.poll() is not None)  # type: ignore[misc]
+        time.sleep(rng.uniform(0.0, max_delay))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    return kills

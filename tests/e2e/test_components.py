@@ -7,20 +7,21 @@ test settings added), so the README cannot drift from what works.
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.e2e.helpers import load_checkpoint_tensors, subprocess_env, train_argv, wait_for
+from tests.e2e.helpers import (
+    kill_at_random_moments,
+    load_checkpoint_tensors,
+    subprocess_env,
+    train_argv,
+)
 from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
@@ -108,30 +109,8 @@ def _kill_and_resume(tmp_path: Path, *overrides: str, episodes: int = 24) -> Non
     reference = _train(tmp_path, *overrides, target, f"hydra.run.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stdout + reference.stderr
     run_dir = tmp_path / "killed"
-    metrics = run_dir / "metrics.csv"
-    rng = random.Random(7)
-
-    def rows() -> int:
-        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
-
     argv = train_argv(*overrides, target, f"hydra.run.dir={run_dir}")
-    kills = 0
-    for _ in range(3):
-        before = rows()
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda p=proc, b=before: rows() > b or p.poll() is not None)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is not None:
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    kills = kill_at_random_moments(argv, tmp_path, run_dir, attempts=3, seed=7, max_delay=0.3)
     assert kills >= 2
     final = _train(tmp_path, *overrides, target, f"hydra.run.dir={run_dir}")
     assert final.returncode == 0, final.stdout + final.stderr

@@ -4,17 +4,13 @@ PPO run, and a changed network refused on resume."""
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import load_checkpoint_tensors, subprocess_env, wait_for
+from tests.e2e.helpers import kill_at_random_moments, load_checkpoint_tensors, subprocess_env
 from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
@@ -57,30 +53,8 @@ def test_ppo_resumes_bit_exact_after_kill_9(tmp_path: Path, network: str) -> Non
     reference = _train(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stdout + reference.stderr
     run_dir = tmp_path / "killed"
-    metrics = run_dir / "metrics.csv"
-    rng = random.Random(11)
-
-    def rows() -> int:
-        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
-
     argv = _argv(*overrides, f"hydra.run.dir={run_dir}")
-    kills = 0
-    for _ in range(3):
-        before = rows()
-        proc = subprocess.Popen(
-            argv,
-            cwd=tmp_path,
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda p=proc, b=before: rows() > b or p.poll() is not None)
-        time.sleep(rng.uniform(0.0, 0.2))
-        if proc.poll() is not None:
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    kills = kill_at_random_moments(argv, tmp_path, run_dir, attempts=3, seed=11, max_delay=0.2)
     assert kills >= 2
     final = _train(tmp_path, *overrides, f"hydra.run.dir={run_dir}")
     assert final.returncode == 0, final.stdout + final.stderr

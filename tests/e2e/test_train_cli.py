@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import os
-import random
 import signal
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from tests.e2e.helpers import (
+    kill_at_random_moments,
     load_checkpoint_tensors,
     run_dir_files,
     subprocess_env,
@@ -87,33 +87,14 @@ def test_extending_episodes_equals_running_longer_from_the_start(tmp_path: Path,
     )
 
 
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(
-    tmp_path: Path, train_cmd, start_train
-) -> None:
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path: Path, train_cmd) -> None:
     episodes = "episodes=150"
     reference = train_cmd(episodes, "name=reference")
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
-    rng = random.Random(1234)
     run_dir = tmp_path / "killed"
-    metrics = run_dir / "metrics.csv"
-
-    def rows() -> int:
-        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
-
-    kills = 0
-    for _ in range(5):
-        before = rows()
-        proc = start_train(episodes, f"hydra.run.dir={run_dir}")
-        # Kill once this attempt is training (a new row), at a random moment after that:
-        # inside an episode, between episodes, or in the middle of a save.
-        wait_for(lambda p=proc, b=before: rows() > b or p.poll() is not None)
-        time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is not None:
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    argv = train_argv(episodes, f"hydra.run.dir={run_dir}")
+    kills = kill_at_random_moments(argv, tmp_path, run_dir, attempts=5, seed=1234, max_delay=0.4)
     assert kills >= 3
     final = train_cmd(episodes, f"hydra.run.dir={run_dir}")
     assert final.returncode == 0, final.stdout + final.stderr
@@ -121,7 +102,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
         load_checkpoint_tensors(_run_dir(tmp_path, "reference") / "models", 150),
         load_checkpoint_tensors(run_dir / "models", 150),
     )
-    episodes_logged = [int(r.split(",")[0]) for r in metrics.read_text().splitlines()[1:]]
+    episodes_logged = [
+        int(r.split(",")[0]) for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    ]
     assert episodes_logged == list(range(1, 151))
 
 
