@@ -1,17 +1,4 @@
-"""The checkpoint store: every file under a run's ``models/`` directory, and the run lock.
-
-It knows files, not reinforcement learning: it saves and loads dicts of tensors and plain Python
-values plus a JSON metadata dict. It never imports the agent, the env or Hydra.
-
-Layout of ``models/`` (``N`` is the episode)::
-
-    model_epN.pt         the small part of a checkpoint (policy weights, ...)
-    model_epN.train.pt   the large part (replay buffer, optimizer, RNG states), when there is one
-    model_epN.json       metadata + the SHA-256 and size of both files; written last, it is what
-                         makes the checkpoint count
-    best_model.pt / best_model.train.pt / best_model.json   the best episode so far (hard links)
-    *.corrupt[.K]        files that failed verification, set aside and never deleted
-    archive/<UTC time>/  an older history, moved aside by :meth:`CheckpointManager.archive`
+"""The checkpoint store: saves, finds, verifies, rotates, loads and archives checkpoints.
 
 Rules the store keeps:
 
@@ -29,389 +16,56 @@ Rules the store keeps:
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
 import itertools
-import json
 import logging
 import math
 import os
-import re
-import shutil
 import threading
 import time
-from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from finsense.checkpoint.durable import (
+    _Digest,
+    _fsync_dir,
+    _json_bytes,
+    _jsonable,
+    _link_or_copy,
+    _one_line,
+    _reason,
+    _remove_quietly,
+    _rename_aside,
+    _write_tmp,
+    copy_file_atomic,
+    read_json,
+    write_json_atomic,
+)
+from finsense.checkpoint.encoding import _deserialise, _serialise_pair
+from finsense.checkpoint.layout import (
+    _TMP,
+    ARCHIVE_DIR,
+    ARCHIVE_JOURNAL,
+    BEST,
+    FORMAT_VERSION,
+    Listing,
+    _episode_of,
+    _files,
+    _stem,
+    episode_stem,
+)
 from finsense.errors import CheckpointError, ConfigError
-from finsense.lockfile import LOCK_FILE, RunLock, _held_locks
+from finsense.lockfile import RunLock, _held_locks
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "FORMAT_VERSION",
-    "LOCK_FILE",
-    "CheckpointInfo",
-    "CheckpointManager",
-    "RunLock",
-    "read_json",
-    "metadata_path",
-    "write_bytes_atomic",
-    "write_json_atomic",
-]
-
-#: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
-FORMAT_VERSION = 1
-#: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
-ARCHIVE_DIR = "archive"
-#: The journal of an archive move in progress (see :meth:`CheckpointManager.archive`).
-ARCHIVE_JOURNAL = ".archive.json"
-#: Stem of the best checkpoint's files.
-BEST = "best_model"
 MODES = ("max", "min")
-
-_TMP = re.compile(r"^\..+\.tmp-[0-9]+-[0-9a-f]+$")
-_KINDS = ("pt", "train.pt", "json")
-#: Above this size the SHA-256 is computed in a thread while the bytes are written.
-_PARALLEL_HASH_BYTES = 1 << 20
 #: A read that fails while its files change under it (a running trainer saving, rotating or
 #: relinking ``best_model.*``) is tried this many times in all, 10, 20, 40... ms apart.
 _READ_ATTEMPTS = 6
 _READ_BACKOFF_S = 0.01
-
-#: Close-on-exec where the platform has it (not on Windows, where handles are not inherited).
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_tmp_counter = itertools.count()
-
-
-# -- small file helpers ----------------------------------------------------------------------------
-def _reason(exc: BaseException) -> str:
-    """The OS reason of an error, on one line (``No space left on device``)."""
-    if isinstance(exc, OSError):
-        if exc.strerror:
-            return exc.strerror
-        if exc.errno:
-            return os.strerror(exc.errno)
-    return _one_line(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    """The gist of an exception's message on one line (torch's messages run to paragraphs)."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    first = lines[0] if lines else type(exc).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
-
-
-def _tmp_path(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` (no random numbers drawn: pid, clock, counter)."""
-    unique = f"{time.time_ns():x}{next(_tmp_counter):x}"
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{unique}")
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("%s: cannot remove (%s)", path, _reason(exc))
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames in ``directory`` durable (a no-op where the file system or the platform
-    cannot do it: Windows has no directory descriptors)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
-
-
-class _Digest:
-    """The SHA-256 of a buffer; computed in a thread when the buffer is large, so that writing
-    or loading the same bytes overlaps with it (hashlib releases the GIL on large buffers)."""
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._data = data
-        self._hex: str | None = None
-        self._thread: threading.Thread | None = None
-        if memoryview(data).nbytes >= _PARALLEL_HASH_BYTES:
-            self._thread = threading.Thread(target=self._compute, daemon=True)
-            self._thread.start()
-
-    def _compute(self) -> None:
-        self._hex = hashlib.sha256(self._data).hexdigest()
-
-    def hexdigest(self) -> str:
-        """The digest (waits for the thread)."""
-        if self._thread is not None:
-            self._thread.join()
-        if self._hex is None:
-            self._compute()
-        assert self._hex is not None
-        return self._hex
-
-
-def _write_tmp(
-    path: Path, data: bytes | memoryview, *, sha256: bool = False, durable: bool = True
-) -> tuple[Path, str]:
-    """Write ``data`` to a new temporary file beside ``path`` and fsync it (when ``durable``).
-
-    Returns the temporary path and, when asked, the SHA-256 of ``data`` (computed from the same
-    in-memory bytes while they are written: no second pass over the file). On failure the
-    temporary file is removed and the OSError propagates.
-    """
-    view = memoryview(data).cast("B")
-    digest = _Digest(view) if sha256 else None
-    tmp = _tmp_path(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, view)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        _remove_quietly(tmp)
-        if digest is not None:
-            digest.hexdigest()  # let the thread finish before the buffer goes
-        raise
-    return tmp, "" if digest is None else digest.hexdigest()
-
-
-def _replace_from(tmp: Path, path: Path) -> None:
-    """``os.replace(tmp, path)``; the temporary file is removed if that fails."""
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    if os.path.lexists(tmp):  # rename() between two links to one file does nothing
-        _remove_quietly(tmp)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Atomically make ``target`` a hard link to ``source`` (a fsynced copy where links fail)."""
-    if os.path.lexists(target) and os.path.samefile(source, target):
-        return  # already linked (and renaming a link over its twin would be a no-op)
-    tmp = _tmp_path(target)
-    try:
-        os.link(source, tmp)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.EACCES):
-            raise
-        copy_file_atomic(source, target)
-        return
-    _replace_from(tmp, target)
-
-
-def copy_file_atomic(source: Path, target: Path) -> None:
-    """Atomically replace ``target`` with a fsynced copy of ``source`` (a file of its own)."""
-    tmp = _tmp_path(target)
-    try:
-        shutil.copyfile(source, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _replace_from(tmp, target)
-
-
-def _rename_aside(path: Path) -> str | None:
-    """Rename ``path`` to ``<name>.corrupt[.K]``; the new name, or None when nothing moved."""
-    if not os.path.lexists(path):
-        return None
-    target = path.with_name(path.name + ".corrupt")
-    n = 0
-    while os.path.lexists(target):
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt.{n}")
-    try:
-        os.rename(path, target)
-    except OSError as exc:
-        log.warning("%s: cannot set aside (%s)", path, _reason(exc))
-        return None
-    return target.name
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """``value`` as strict JSON: NaN and infinities become null, numpy scalars plain numbers."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Path):
-        return str(value)
-    item = getattr(value, "item", None)  # numpy scalars, 0-d arrays and tensors
-    if callable(item):
-        try:
-            return _jsonable(item(), where)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    raise TypeError(f"{where}: a {type(value).__name__} cannot be written to JSON")
-
-
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    text = json.dumps(_jsonable(data, "metadata"), indent=2, allow_nan=False)
-    return (text + "\n").encode("utf-8")
-
-
-def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically and durably (see :func:`write_json_atomic`).
-
-    ``durable=False`` skips the two fsyncs (~10 ms): still atomic, and a killed process loses
-    nothing written (the kernel has it), but a power loss may leave the previous content. For
-    small records written often whose staleness costs little.
-
-    Raises:
-        OSError: the file cannot be written (the temporary file is removed; ``path`` is unchanged).
-    """
-    path = Path(path)
-    tmp, _ = _write_tmp(path, data, durable=durable)
-    _replace_from(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: str | Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
-    """Write ``data`` as strict JSON to ``path`` atomically and durably.
-
-    Temporary file in the same directory, fsync, ``os.replace``, fsync of the directory: a reader
-    sees the old file or the new one, never a mix, even after a crash. NaN and infinities are
-    written as ``null``; numpy scalars as plain numbers.
-
-    Raises:
-        OSError: the file cannot be written (the temporary file is removed; ``path`` is unchanged).
-        TypeError: ``data`` holds a value JSON cannot represent.
-    """
-    write_bytes_atomic(path, _json_bytes(data), durable=durable)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """The JSON object stored in ``path``.
-
-    Raises:
-        OSError: the file is missing or unreadable.
-        ValueError: the file is not valid UTF-8 JSON or holds something other than an object.
-    """
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
-    return data
-
-
-def _serialise(obj: Mapping[str, Any], what: str, *, zip_crc32: bool = True) -> memoryview:
-    """``torch.save(obj)`` into memory, refusing what ``weights_only`` loading would refuse.
-
-    ``zip_crc32=False`` skips the zip's per-record CRC-32, which is most of the cost of
-    serialising a big buffer and which ``torch.load`` does not check; the SHA-256 recorded in
-    the JSON covers every byte anyway. (Only ``unzip -t`` would then complain.)
-    """
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{what} must be a dict, not a {type(obj).__name__}")
-    buffer = io.BytesIO()
-    # The switch is process-wide; it is restored at once (torch.save elsewhere is not threaded).
-    crc32 = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(zip_crc32)
-    try:
-        torch.save(obj, buffer)
-    finally:
-        torch.serialization.set_crc32_options(crc32)
-    data = buffer.getbuffer()
-    if not _plainly_loadable(obj):
-        try:
-            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # any refusal means the checkpoint could never be read back
-            raise TypeError(
-                f"{what} holds values that torch.load(weights_only=True) refuses "
-                f"({_one_line(exc)}); keep only tensors and plain Python values in it"
-            ) from exc
-    return data
-
-
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device)
-_CONTAINERS = (dict, list, tuple, set, torch.Size, OrderedDict, Counter)
-
-
-def _serialise_pair(
-    state: Mapping[str, Any], training_state: Mapping[str, Any] | None
-) -> tuple[memoryview, memoryview | None]:
-    """The bytes of a checkpoint's model file and companion (without the zip's CRC-32: the
-    SHA-256 covers it)."""
-    training = (
-        None
-        if training_state is None
-        else _serialise(training_state, "training_state", zip_crc32=False)
-    )
-    return _serialise(state, "state"), training
-
-
-def _plainly_loadable(obj: Any) -> bool:
-    """Whether ``obj`` is built only from types that ``weights_only`` loading always accepts."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in (torch.Tensor, torch.nn.Parameter) or isinstance(item, _PLAIN):
-            continue
-        if kind in _CONTAINERS:
-            stack.extend(item.values() if isinstance(item, dict) else item)
-            continue
-        return False
-    return True
-
-
-# -- file names ------------------------------------------------------------------------------------
-def metadata_path(path: str | Path) -> Path:
-    """The JSON beside a checkpoint file (``model_ep10.json`` for ``model_ep10.pt``)."""
-    path = Path(path)
-    return _files(path.parent, _stem(path))[2]
-
-
-def _stem(path: Path) -> str:
-    """``model_ep10`` for ``model_ep10.pt``, ``.train.pt`` or ``.json``."""
-    name = path.name
-    for suffix in (".train.pt", ".pt", ".json"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _files(directory: Path, stem: str) -> tuple[Path, Path, Path]:
-    """The model file, its companion (training state) and its JSON."""
-    return directory / f"{stem}.pt", directory / f"{stem}.train.pt", directory / f"{stem}.json"
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
@@ -476,55 +130,6 @@ class _VerifyError(Exception):
         self.path = path
         self.reason = reason
         self.set_aside = set_aside  # False for conditions that are not damage (permissions, ...)
-
-
-def _episode_of(number: str) -> int | None:
-    """``10`` for ``"10"``; None for what is not a canonical episode number (``"010"``, ``"x"``)."""
-    if number.isdigit() and number.isascii() and (number[0] != "0" or number == "0"):
-        return int(number)
-    return None
-
-
-@dataclass(frozen=True)
-class _Listing:
-    """The names one ``os.listdir`` of ``models/`` found; nothing is opened.
-
-    Derived views use comprehensions over the names (no regex per name): 10,000 names parse in
-    a few milliseconds.
-    """
-
-    names: frozenset[str]
-
-    def saved(self) -> list[int]:
-        """Episodes whose ``model_epN.json`` exists, newest first."""
-        numbers = [n[8:-5] for n in self.names if n.endswith(".json") and n.startswith("model_ep")]
-        return sorted(
-            [int(x) for x in numbers if x.isascii() and x.isdigit() and (x[0] != "0" or x == "0")],
-            reverse=True,
-        )
-
-    def has(self, stem: str, kind: str) -> bool:
-        """Whether ``<stem>.<kind>`` is there (kind: ``pt``, ``train.pt`` or ``json``)."""
-        return f"{stem}.{kind}" in self.names
-
-    def best(self) -> list[str]:
-        """The kinds of ``best_model.*`` present."""
-        return [kind for kind in _KINDS if f"{BEST}.{kind}" in self.names]
-
-    def unfinished(self) -> list[str]:
-        """Episodic model files whose JSON is missing (a save or rotation cut short)."""
-        names = self.names
-        models = [n for n in names if n.endswith(".pt") and n.startswith("model_ep")]
-        stems = [n[:-9] if n.endswith(".train.pt") else n[:-3] for n in models]
-        return sorted(
-            name
-            for name, stem in zip(models, stems, strict=True)
-            if stem + ".json" not in names and _episode_of(stem[8:]) is not None
-        )
-
-    def temporary(self) -> list[str]:
-        """Temporary files of writes that never finished."""
-        return sorted(n for n in self.names if n.startswith(".") and _TMP.match(n))
 
 
 @dataclass
@@ -637,7 +242,7 @@ class CheckpointManager:
         model_bytes, training_bytes = _serialise_pair(state, training_state)
         with self._mutex:
             self._finish_archive()
-            pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
+            pt, train, json_path = _files(self.models_dir, episode_stem(episode))
             improved = False
             if self.save_best and not math.isnan(value):
                 current = self._current_best_value()
@@ -814,7 +419,7 @@ class CheckpointManager:
         for episode in saved:
             if episode in kept:
                 continue
-            pt, train, json_path = _files(self.models_dir, f"model_ep{episode}")
+            pt, train, json_path = _files(self.models_dir, episode_stem(episode))
             for path in (json_path, pt, train):  # JSON first: the checkpoint stops counting
                 _remove_quietly(path)
             log.debug("rotated out %s", pt.name)
@@ -900,9 +505,9 @@ class CheckpointManager:
         return None if info is None else info.metric_value
 
     # -- finding -----------------------------------------------------------------------------
-    def _scan(self) -> _Listing:
+    def _scan(self) -> Listing:
         """One listing of ``models/`` (names only)."""
-        return _Listing(frozenset(os.listdir(self.models_dir)))
+        return Listing(frozenset(os.listdir(self.models_dir)))
 
     def _writable(self) -> bool:
         """Whether this process may repair the directory: no other process holds the run lock."""
@@ -933,7 +538,7 @@ class CheckpointManager:
             if writable:
                 self._clean_unfinished(listing)
             for episode in self._newest_first(listing):
-                info = self._verified(f"model_ep{episode}", episode, writable)
+                info = self._verified(episode_stem(episode), episode, writable)
                 if info is not None and resumable and info.training_path is None:
                     log.warning(
                         "%s: records no training state (sha256.training is null), so training "
@@ -976,7 +581,7 @@ class CheckpointManager:
         From one listing; nothing is read or verified.
         """
         listing = self._scan()
-        return sorted(e for e in listing.saved() if listing.has(f"model_ep{e}", "pt"))
+        return sorted(e for e in listing.saved() if listing.has(episode_stem(e), "pt"))
 
     def best(self) -> CheckpointInfo | None:
         """The verified best checkpoint (``best_model.pt``), or None when there is none.
@@ -1023,7 +628,7 @@ class CheckpointManager:
             value = info.metric_value
             return None if math.isnan(value) else value
 
-    def _clean_unfinished(self, listing: _Listing) -> None:
+    def _clean_unfinished(self, listing: Listing) -> None:
         """Remove temporary files and episodic files without their JSON (a save cut short)."""
         for name in listing.temporary():
             log.info("%s: temporary file of an unfinished write; removed", self.models_dir / name)
@@ -1036,7 +641,7 @@ class CheckpointManager:
             )
             _remove_quietly(self.models_dir / name)
 
-    def _newest_first(self, listing: _Listing) -> Iterator[int]:
+    def _newest_first(self, listing: Listing) -> Iterator[int]:
         """The saved episodes of ``listing``, newest first, for :meth:`latest` to try in turn.
 
         A candidate whose JSON is gone once it has been tried was rotated away or set aside
@@ -1050,7 +655,7 @@ class CheckpointManager:
                     continue
                 tried.add(episode)
                 yield episode
-                gone = not os.path.lexists(self.models_dir / f"model_ep{episode}.json")
+                gone = not os.path.lexists(self.models_dir / f"{episode_stem(episode)}.json")
                 if gone and relisted + 1 < _READ_ATTEMPTS:
                     break
             else:
@@ -1122,9 +727,10 @@ class CheckpointManager:
         candidates: list[tuple[float, int]] = []
         listing = self._scan()
         for episode in listing.saved():
-            if listing.has(f"model_ep{episode}", "pt"):
+            if listing.has(episode_stem(episode), "pt"):
+                json_path = self.models_dir / f"{episode_stem(episode)}.json"
                 try:
-                    value = self._metric_of(read_json(self.models_dir / f"model_ep{episode}.json"))
+                    value = self._metric_of(read_json(json_path))
                 except (OSError, ValueError, ConfigError):
                     continue
                 if math.isfinite(value):
@@ -1133,7 +739,7 @@ class CheckpointManager:
         candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
         for value, episode in candidates:
             # Invalid ones are left where they are: latest() sets them aside, newest first.
-            info = self._verified(f"model_ep{episode}", episode, writable, set_aside=False)
+            info = self._verified(episode_stem(episode), episode, writable, set_aside=False)
             if info is None:
                 continue
             if not writable:
@@ -1224,7 +830,7 @@ class CheckpointManager:
 
     def _safe_load(self, data: bytes, path: Path) -> dict[str, Any]:
         try:
-            obj = torch.load(io.BytesIO(data), map_location=self.map_location, weights_only=True)
+            obj = _deserialise(data, self.map_location)
         except Exception as exc:  # untrusted bytes: torch raises many types; none is a bug here
             raise _VerifyError(
                 path, f"not a FinSense checkpoint or unsafe to load ({_one_line(exc)})"
