@@ -9,9 +9,10 @@ imports torch and never verifies checksums (``finsense.checkpoint`` does that wh
 so it answers in well under a second for a sweep of 100 runs.
 
 A run directory is one that holds a ``models/`` directory, a ``metrics.csv`` or a ``.hydra/``
-directory. The on-disk layout it reads is the one ``finsense.checkpoint`` and ``finsense.trainer``
-write: ``models/model_ep{N}.pt`` + ``model_ep{N}.json`` (the JSON is written last, so it marks a
-finished save), ``models/best_model.json``, ``*.corrupt`` files set aside by the store, and the
+directory. The on-disk layout it reads (through the torch-free ``finsense.checkpoint.layout``) is
+the one ``finsense.checkpoint`` and ``finsense.trainer`` write: ``models/model_ep{N}.pt`` +
+``model_ep{N}.json`` (the JSON is written last, so it marks a finished save),
+``models/best_model.json``, ``*.corrupt`` files set aside by the store, and the
 ``.finsense.lock`` file the trainer holds with ``fcntl.flock`` while it trains.
 """
 
@@ -22,7 +23,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from finsense.checkpoint.layout import BEST, Listing, episode_stem
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.lockfile import lock_held
@@ -42,9 +43,6 @@ DEFAULT_DIRS: tuple[str, ...] = ("outputs", "multirun")
 #: The file the trainer holds an exclusive ``flock`` on while it trains.
 #: Subfolders of a run directory that never hold other runs (checkpoints, old histories, Hydra).
 NOT_RUNS: frozenset[str] = frozenset({"models", "archive", ".hydra"})
-
-_EPISODE_JSON = re.compile(r"^model_ep(\d+)\.json$")
-_CORRUPT = re.compile(r"\.corrupt(\.\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -223,25 +221,22 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
     cwd = cwd or Path.cwd()
     models = run_dir / "models"
     try:
-        names = {n for n in os.listdir(models) if not n.startswith(".")}
+        listing = Listing(frozenset(n for n in os.listdir(models) if not n.startswith(".")))
     except OSError:
-        names = set()
+        listing = Listing(frozenset())
 
-    corrupt = tuple(sorted(n for n in names if _CORRUPT.search(n)))
-    episodes = sorted(
-        (int(m.group(1)) for n in names if (m := _EPISODE_JSON.match(n))), reverse=True
-    )
+    corrupt = tuple(listing.set_aside())
     latest: dict[str, Any] | None = None
     latest_episode = 0
-    for episode in episodes:
-        if f"model_ep{episode}.pt" not in names:
+    for episode in listing.saved():
+        if not listing.has(episode_stem(episode), "pt"):
             continue  # the weights were set aside or never landed: not a checkpoint
-        meta = _read_json(models / f"model_ep{episode}.json")
+        meta = _read_json(models / f"{episode_stem(episode)}.json")
         if meta is not None and _as_int(meta.get("episode")) == episode:
             latest, latest_episode = meta, episode
             break
 
-    best = _read_json(models / "best_model.json") if "best_model.pt" in names else None
+    best = _read_json(models / f"{BEST}.json") if listing.has(BEST, "pt") else None
     best = best or {}
 
     total = _episodes_from_hydra(run_dir)
@@ -259,7 +254,7 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
     if latest is not None:
         times.append(
             _parse_time(latest.get("written_at"))
-            or _local_mtime(models / f"model_ep{latest_episode}.json")
+            or _local_mtime(models / f"{episode_stem(latest_episode)}.json")
         )
     known = [t for t in times if t is not None]
     updated = max(known) if known else None
@@ -282,7 +277,7 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
         run_dir=_relative(run_dir, cwd),
         episodes_done=done,
         episodes_total=total,
-        latest_checkpoint=f"model_ep{latest_episode}.pt" if latest is not None else None,
+        latest_checkpoint=f"{episode_stem(latest_episode)}.pt" if latest is not None else None,
         best_metric_name=name if isinstance(name, str) else None,
         best_metric_value=_as_float(best.get("metric_value")),
         best_episode=_as_int(best.get("episode")),

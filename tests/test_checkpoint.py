@@ -733,6 +733,20 @@ def test_read_json_refuses_non_objects(tmp_path: Path) -> None:
         read_json(tmp_path / "list.json")
 
 
+# -- the package's layers --------------------------------------------------------------------------
+def test_durable_writes_and_layout_import_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import finsense.checkpoint.durable, finsense.checkpoint.layout\n"
+        "from finsense.checkpoint import FORMAT_VERSION, read_json, write_json_atomic\n"
+        "print('torch' in sys.modules)\n"
+        "from finsense.checkpoint import CheckpointManager\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out, err = python(code).communicate(timeout=120)
+    assert out.split() == ["False", "True"], err
+
+
 # -- archive ---------------------------------------------------------------------------------------
 def test_archive_moves_every_file_and_deletes_nothing(
     manager: CheckpointManager, models: Path
