@@ -223,8 +223,8 @@ class CheckpointManager:
             episode: the episode just finished (>= 0); names the files ``model_ep{episode}.*``.
             state: the small part (policy weights, ...): tensors and plain Python values.
             metadata: JSON-able values; must hold ``metrics`` (name -> number) and may hold
-                the agent's own values (DQN's ``epsilon``), the config, counters. NaN is
-                written as null.
+                any other values of the caller's (the trainer's agent metrics, the config,
+                counters), written as given. NaN is written as null.
             training_state: the large part (replay buffer, optimizer, ...), written to the
                 companion ``model_ep{episode}.train.pt``; None for none.
 
