@@ -27,6 +27,7 @@ Needs matplotlib (the ``report`` extra); it draws with the Agg backend, so no di
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from finsense import metrics
+from finsense.checkpoint import write_bytes_atomic
 from finsense.cli import quiet_on_closed_stdout
 from finsense.config import non_experiment_keys
 from finsense.errors import FinSenseError
@@ -147,9 +149,12 @@ def rolling_mean(values: np.ndarray, window: int | None = None) -> np.ndarray:
 
 # -- figures ---------------------------------------------------------------------------------------
 def _save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (its format from the suffix) atomically and durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=DPI, format=path.suffix.lstrip(".") or None)
     _pyplot().close(fig)
+    write_bytes_atomic(path, image.getvalue())
     return path
 
 

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finsense.checkpoint import write_bytes_atomic
+
 #: The manifest of a sweep directory.
 MANIFEST = "sweep_manifest.jsonl"
 #: The marker of a job whose last run failed.
@@ -109,11 +111,8 @@ def mark_failed(job_dir: Path, error: str) -> None:
     """Leave the failure marker in a job directory (best effort: the manifest has it too)."""
     with contextlib.suppress(OSError):
         job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / FAILED_MARKER).write_text(
-            json.dumps({"error": error, "at": datetime.now(UTC).isoformat(timespec="seconds")})
-            + "\n",
-            encoding="utf-8",
-        )
+        record = {"error": error, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        write_bytes_atomic(job_dir / FAILED_MARKER, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 def clear_failed(job_dir: Path) -> None:
