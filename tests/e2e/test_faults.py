@@ -169,7 +169,11 @@ def test_sighup_of_a_dropped_terminal_finishes_the_episode_saves_and_exits_129(
     """SSH without nohup: the terminal hangs up (SIGHUP, then writes to it fail with EIO)."""
     run_dir = tmp_path / "run"
     master, slave = pty.openpty()
-    argv = train_argv(f"hydra.run.dir={run_dir}", "episodes=400", "checkpoints.save_frequency=100")
+    # Far more episodes than it can train before the signal however loaded the machine, and no
+    # save before it: the one checkpoint is the signal's.
+    argv = train_argv(
+        f"hydra.run.dir={run_dir}", "episodes=100000", "checkpoints.save_frequency=100000"
+    )
     proc = subprocess.Popen(
         argv, cwd=tmp_path, env=subprocess_env(), stdin=slave, stdout=slave, stderr=slave
     )

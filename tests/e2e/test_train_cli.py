@@ -114,7 +114,8 @@ def test_signal_finishes_episode_saves_off_grid_and_resumes(
 ) -> None:
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
-    proc = start_train("episodes=400", "checkpoints.save_frequency=100", at)
+    # Far more episodes than it can train before the signal however loaded the machine.
+    proc = start_train("episodes=100000", "checkpoints.save_frequency=100000", at)
     wait_for(
         lambda: (
             (run_dir / "metrics.csv").exists()
@@ -128,7 +129,7 @@ def test_signal_finishes_episode_saves_off_grid_and_resumes(
     saved = sorted(run_dir.glob("models/model_ep*.json"))
     assert len(saved) == 1
     episode = int(saved[0].stem[len("model_ep") :])
-    assert 0 < episode < 100
+    assert 0 < episode < 100000
     assert f"Interrupted at episode {episode};" in out
 
     resumed = train_cmd(f"episodes={episode + 2}", "checkpoints.save_frequency=100", at)
