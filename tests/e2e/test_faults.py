@@ -175,7 +175,15 @@ def test_sighup_of_a_dropped_terminal_finishes_the_episode_saves_and_exits_129(
         f"hydra.run.dir={run_dir}", "episodes=100000", "checkpoints.save_frequency=100000"
     )
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=subprocess_env(), stdin=slave, stdout=slave, stderr=slave
+        argv,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        # A terminal's SIGHUP as a login shell leaves it, whatever the test runner inherited
+        # (under nohup it is ignored, and the trainer rightly keeps it ignored then).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     os.close(slave)
     drain = threading.Thread(target=_drain, args=(master,), daemon=True)
