@@ -43,10 +43,16 @@ def env_kwargs(data_seed: int) -> dict[str, Any]:
 
 
 def train(seed: int, data_seed: int, learner: str = "auto") -> DQNAgent:
-    env = TradingEnv(split="train", episode_length=252, **env_kwargs(data_seed))
     agent = DQNAgent(WINDOW + 1, 2, dataclasses.replace(CONFIG, learner=learner), seed=seed)
+    return train_on_the_train_split(agent, seed, data_seed, STEPS)
+
+
+def train_on_the_train_split(agent: Any, seed: int, data_seed: int, steps: int) -> Any:
+    """The trainer's loop on the train split (252-day episodes, reseeded each) until ``agent`` has
+    observed ``steps`` transitions; returns the agent."""
+    env = TradingEnv(split="train", episode_length=252, **env_kwargs(data_seed))
     episode = 0
-    while agent.steps < STEPS:
+    while agent.steps < steps:
         episode += 1
         obs, _ = env.reset(seed=seed * 100_000 + episode)
         done = False
@@ -71,6 +77,27 @@ def score_on_test_split(data_seed: int, policy: Callable[[np.ndarray], int]) -> 
     return dict(info["episode_metrics"])
 
 
+def assert_beats_buy_and_hold_and_random(
+    data_seed: int, policy: Callable[[np.ndarray], int]
+) -> None:
+    """Over the whole test split, ``policy`` earns more than buy-and-hold and than the mean of 10
+    random policies, with a positive Sharpe ratio."""
+    trained = score_on_test_split(data_seed, policy)
+    random_returns = []
+    for random_seed in range(10):
+        rng = np.random.default_rng(random_seed)
+        metrics = score_on_test_split(data_seed, lambda _: int(rng.integers(2)))  # noqa: B023
+        random_returns.append(metrics["total_return"])
+
+    summary = (
+        f"agent {trained['total_return']:+.3f}, buy-and-hold {trained['buy_and_hold_return']:+.3f},"
+        f" random {np.mean(random_returns):+.3f}"
+    )
+    assert trained["total_return"] > trained["buy_and_hold_return"], summary
+    assert trained["total_return"] > float(np.mean(random_returns)), summary
+    assert trained["sharpe_ratio"] > 0, summary
+
+
 # "auto" is the fast path for this MLP; "autograd" is the general path any other network takes.
 @pytest.mark.parametrize(
     ("seed", "data_seed", "learner"),
@@ -86,17 +113,4 @@ def test_greedy_policy_beats_buy_and_hold_and_random_on_the_test_split(
     finally:
         torch.set_num_threads(threads)
 
-    trained = score_on_test_split(data_seed, lambda obs: agent.act(obs, explore=False))
-    random_returns = []
-    for random_seed in range(10):
-        rng = np.random.default_rng(random_seed)
-        metrics = score_on_test_split(data_seed, lambda _: int(rng.integers(2)))  # noqa: B023
-        random_returns.append(metrics["total_return"])
-
-    summary = (
-        f"agent {trained['total_return']:+.3f}, buy-and-hold {trained['buy_and_hold_return']:+.3f},"
-        f" random {np.mean(random_returns):+.3f}"
-    )
-    assert trained["total_return"] > trained["buy_and_hold_return"], summary
-    assert trained["total_return"] > float(np.mean(random_returns)), summary
-    assert trained["sharpe_ratio"] > 0, summary
+    assert_beats_buy_and_hold_and_random(data_seed, lambda obs: agent.act(obs, explore=False))

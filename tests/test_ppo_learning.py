@@ -21,13 +21,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import numpy as np
 import pytest
 import torch
 
 from finsense.agents.ppo import ActorCriticMLP, PPOAgent, PPOConfig
-from finsense.envs import TradingEnv
-from tests.test_learning import WINDOW, env_kwargs, score_on_test_split
+from tests.test_learning import (
+    WINDOW,
+    assert_beats_buy_and_hold_and_random,
+    train_on_the_train_split,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,6 @@ CONFIG = PPOConfig(
 
 
 def train(seed: int, data_seed: int, steps: int = STEPS) -> PPOAgent:
-    env = TradingEnv(split="train", episode_length=252, **env_kwargs(data_seed))
     agent = PPOAgent.from_config(
         WINDOW + 1,
         2,
@@ -52,18 +53,7 @@ def train(seed: int, data_seed: int, steps: int = STEPS) -> PPOAgent:
         seed=seed,
         **dataclasses.asdict(CONFIG),
     )
-    episode = 0
-    while agent.steps < steps:
-        episode += 1
-        obs, _ = env.reset(seed=seed * 100_000 + episode)
-        done = False
-        while not done:
-            action = agent.act(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            agent.observe(obs, action, float(reward), next_obs, bool(terminated))
-            obs, done = next_obs, terminated or truncated
-        agent.end_episode()
-    return agent
+    return train_on_the_train_split(agent, seed, data_seed, steps)
 
 
 @pytest.mark.parametrize(("seed", "data_seed"), [(0, 1), (1, 3), (2, 4)])
@@ -77,17 +67,4 @@ def test_greedy_policy_beats_buy_and_hold_and_random_on_the_test_split(
     finally:
         torch.set_num_threads(threads)
 
-    trained = score_on_test_split(data_seed, lambda obs: agent.act(obs, explore=False))
-    random_returns = []
-    for random_seed in range(10):
-        rng = np.random.default_rng(random_seed)
-        metrics = score_on_test_split(data_seed, lambda _: int(rng.integers(2)))  # noqa: B023
-        random_returns.append(metrics["total_return"])
-
-    summary = (
-        f"agent {trained['total_return']:+.3f}, buy-and-hold {trained['buy_and_hold_return']:+.3f},"
-        f" random {np.mean(random_returns):+.3f}"
-    )
-    assert trained["total_return"] > trained["buy_and_hold_return"], summary
-    assert trained["total_return"] > float(np.mean(random_returns)), summary
-    assert trained["sharpe_ratio"] > 0, summary
+    assert_beats_buy_and_hold_and_random(data_seed, lambda obs: agent.act(obs, explore=False))

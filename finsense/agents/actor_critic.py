@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from finsense.agents.networks import flatten_parameters
+from finsense.agents.networks import check_hidden_sizes, flatten_parameters
 from finsense.errors import ConfigError
 
 # tanh's gradient given its output y: grad * (1 - y^2), autograd's own op.
@@ -50,21 +50,11 @@ class ActorCriticMLP(nn.Module):
         shared: bool = True,
     ) -> None:
         super().__init__()
-        ok = isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
-        if not (
-            ok
-            and hidden_sizes
-            and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes)
-        ):
-            raise ConfigError(
-                "agent.network.hidden_sizes must be a non-empty list of positive integers, got "
-                f"{hidden_sizes!r}"
-            )
         if not isinstance(shared, bool | np.bool_):
             raise ConfigError(f"agent.network.shared must be true or false, got {shared!r}")
         self.obs_dim = int(obs_dim)
         self.n_actions = int(n_actions)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.hidden_sizes = check_hidden_sizes(hidden_sizes)
         self.shared = bool(shared)
         self.pi_trunk = self._trunk()
         self.vf_trunk = None if self.shared else self._trunk()

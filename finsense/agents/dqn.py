@@ -24,7 +24,13 @@ import numpy as np
 import torch
 
 from finsense.agents.buffer import ReplayBuffer
-from finsense.agents.learners import LEARNERS, AutogradLearner, FastLearner, choose_learner
+from finsense.agents.learners import (
+    LEARNERS,
+    AutogradLearner,
+    FastLearner,
+    check_learner,
+    choose_learner,
+)
 from finsense.agents.networks import QNetwork
 from finsense.device import resolve_device
 from finsense.errors import CheckpointError, ConfigError
@@ -422,13 +428,7 @@ class DQNAgent:
             )
         training = state["training"]
         # Checkpoints written before there was a choice of learner came from the fast path.
-        saved_learner = str(training.get("learner", "fast"))
-        if saved_learner != self.learner:
-            raise ConfigError(
-                f"checkpoint was trained with agent.learner={saved_learner}, this run uses "
-                f"{self.learner} (agent.learner={self.config.learner}); resume it with "
-                f"agent.learner={saved_learner}, or resume=never / a new name to start afresh"
-            )
+        check_learner(str(training.get("learner", "fast")), self.learner, self.config.learner)
         self.buffer.load_state_dict(training["buffer"])
         self.q_network.load_state_dict(state["policy"]["weights"])
         self.target_network.load_state_dict(training["target"])

@@ -88,6 +88,37 @@ def choose_learner(
     return requested
 
 
+def check_learner(saved: str, learner: str, requested: str) -> None:
+    """Refuse to resume a checkpoint written by another learner (their optimizer states differ).
+
+    Args:
+        saved: the learner that wrote the checkpoint.
+        learner: the one this agent resolved to; ``requested``: its ``agent.learner`` value.
+
+    Raises:
+        ConfigError: one line naming both and what to do.
+    """
+    if saved != learner:
+        raise ConfigError(
+            f"checkpoint was trained with agent.learner={saved}, this run uses {learner} "
+            f"(agent.learner={requested}); resume it with agent.learner={saved}, or "
+            "resume=never / a new name to start afresh"
+        )
+
+
+def torch_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A ``torch.optim`` optimizer's ``state_dict``, deep-copied (torch's shares the tensors)."""
+    return copy.deepcopy(optimizer.state_dict())
+
+
+def load_torch_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Restore an optimizer's state; its hyperparameters (``lr`` ...) stay as they are."""
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(dict(state))
+    for group, hyper in zip(optimizer.param_groups, mine, strict=True):
+        group.update(hyper)
+
+
 def td_target(
     rewards: Tensor,
     dones: Tensor,
@@ -174,14 +205,11 @@ class AutogradLearner:
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The optimizer's ``state_dict``, deep-copied (torch's shares the state tensors)."""
-        return copy.deepcopy(self.optimizer.state_dict())
+        return torch_optimizer_state(self.optimizer)
 
     def load_optimizer_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the optimizer's state; its hyperparameters (``lr`` ...) stay this agent's."""
-        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(dict(state))
-        for group, hyper in zip(self.optimizer.param_groups, mine, strict=True):
-            group.update(hyper)
+        load_torch_optimizer_state(self.optimizer, state)
 
 
 class FastLearner:

@@ -23,6 +23,22 @@ from finsense.errors import ConfigError
 _relu_backward = torch.ops.aten.threshold_backward
 
 
+def check_hidden_sizes(hidden_sizes: Any) -> tuple[int, ...]:
+    """``agent.network.hidden_sizes`` as a tuple, or one line: a non-empty list of positive
+    integers."""
+    ok = isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
+    if not (
+        ok
+        and hidden_sizes
+        and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes)
+    ):
+        raise ConfigError(
+            "agent.network.hidden_sizes must be a non-empty list of positive integers, got "
+            f"{hidden_sizes!r}"
+        )
+    return tuple(int(h) for h in hidden_sizes)
+
+
 def flatten_parameters(module: nn.Module) -> tuple[Tensor, Tensor]:
     """Make every parameter of ``module``, and its gradient, a view of one of two flat tensors.
 
@@ -72,21 +88,9 @@ class QNetwork(nn.Module):
         dueling: bool = False,
     ) -> None:
         super().__init__()
-        sizes_ok = isinstance(hidden_sizes, Sequence) and not isinstance(hidden_sizes, str)
-        if (
-            not sizes_ok
-            or not hidden_sizes
-            or not all(
-                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden_sizes
-            )
-        ):
-            raise ConfigError(
-                "agent.network.hidden_sizes must be a non-empty list of positive integers, got "
-                f"{hidden_sizes!r}"
-            )
         self.obs_dim = int(obs_dim)
         self.n_actions = int(n_actions)
-        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.hidden_sizes = check_hidden_sizes(hidden_sizes)
         self.dueling = bool(dueling)
         sizes = (self.obs_dim, *self.hidden_sizes)
         self.hidden = nn.ModuleList(

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from finsense.agents.actor_critic import ActorCriticMLP
 from finsense.agents.dqn import _global_rng_state, _set_global_rng_state, check_arch
-from finsense.agents.learners import LEARNERS, choose_learner
+from finsense.agents.learners import LEARNERS, check_learner, choose_learner
 from finsense.agents.ppo_learners import STATS, AutogradLearner, FastLearner, ppo_losses
 from finsense.device import resolve_device
 from finsense.errors import CheckpointError, ConfigError
@@ -673,13 +673,7 @@ class PPOAgent:
                 "use the checkpoint's agent.network to resume it"
             )
         # Checkpoints written before there was a choice of learner came from autograd.
-        saved_learner = str(training.get("learner", "autograd"))
-        if saved_learner != self.learner:
-            raise ConfigError(
-                f"checkpoint was trained with agent.learner={saved_learner}, this run uses "
-                f"{self.learner} (agent.learner={self.config.learner}); resume it with "
-                f"agent.learner={saved_learner}, or resume=never / a new name to start afresh"
-            )
+        check_learner(str(training.get("learner", "autograd")), self.learner, self.config.learner)
         rollout = training["rollout"]
         n = int(rollout["size"])
         if n > self.config.n_steps:

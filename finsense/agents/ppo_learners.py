@@ -22,7 +22,6 @@ value loss ``c_vf mean((v - R)^2)`` has ``dL/dv = 2 c_vf (v - R) / B``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from finsense.agents.actor_critic import ActorCriticMLP
+from finsense.agents.learners import load_torch_optimizer_state, torch_optimizer_state
 from finsense.agents.optim import FlatAdam
 
 if TYPE_CHECKING:
@@ -150,14 +150,11 @@ class AutogradLearner:
 
     def optimizer_state_dict(self) -> dict[str, Any]:
         """The optimizer's ``state_dict``, deep-copied (torch's shares the state tensors)."""
-        return copy.deepcopy(self.optimizer.state_dict())
+        return torch_optimizer_state(self.optimizer)
 
     def load_optimizer_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the optimizer's state; its hyperparameters (``lr`` ...) stay this agent's."""
-        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(dict(state))
-        for group, hyper in zip(self.optimizer.param_groups, mine, strict=True):
-            group.update(hyper)
+        load_torch_optimizer_state(self.optimizer, state)
 
 
 class FastLearner:
