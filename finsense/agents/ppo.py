@@ -240,7 +240,7 @@ class PPOAgent:
         #: and optimizer; saved in :meth:`state_dict` (a resume must use the same).
         self.learner = choose_learner(
             config.learner,
-            network if critic is None else critic,  # a separate critic: autograd
+            network,  # with a separate critic it is never ActorCriticMLP (which has a value head)
             optimizer_class,
             kwargs,
             ActorCriticMLP,
@@ -419,9 +419,7 @@ class PPOAgent:
                 return int(self.actor(x).argmax())
         logits, value = self._policy(obs)
         # Python floats: for a handful of actions cheaper than any array library's calls.
-        top = max(logits)
-        weights = [math.exp(z - top) for z in logits]
-        total = math.fsum(weights)
+        top, weights, total = _softmax_parts(logits)
         u = float(torch.rand((), dtype=torch.float64, generator=self._generator)) * total
         action, cumulative = len(weights) - 1, 0.0
         for i, w in enumerate(weights):
@@ -429,7 +427,7 @@ class PPOAgent:
             if u < cumulative:
                 action = i
                 break
-        self._pending = (_log_prob(logits, action), value)
+        self._pending = (logits[action] - top - math.log(total), value)
         return action
 
     def observe(
@@ -527,6 +525,7 @@ class PPOAgent:
         old_log_probs = torch.from_numpy(self._log_probs[:n]).to(dev)
         advantages, returns = advantages.to(dev), returns.to(dev)
         sums = torch.zeros(len(STATS), device=dev)
+        kl = STATS.index("approx_kl")
         count = 0
         self.actor.train()
         if self.critic is not None:
@@ -543,7 +542,6 @@ class PPOAgent:
                 # As SB3: the minibatch that stops the update counts in the means.
                 sums += stats
                 count += 1
-                kl = STATS.index("approx_kl")
                 if cfg.target_kl is not None and float(stats[kl]) > 1.5 * cfg.target_kl:
                     stop = True
                     break
@@ -714,10 +712,18 @@ class PPOAgent:
         check_arch(arch, self.network_arch)
 
 
+def _softmax_parts(logits: list[float]) -> tuple[float, list[float], float]:
+    """``(top, weights, total)``: the largest logit, ``exp(logit - top)`` of each and their sum, so
+    that ``softmax = weights / total`` and ``log_softmax[a] = logits[a] - top - log(total)``."""
+    top = max(logits)
+    weights = [math.exp(z - top) for z in logits]
+    return top, weights, math.fsum(weights)
+
+
 def _log_prob(logits: list[float], action: int) -> float:
     """``log_softmax(logits)[action]``, in Python floats."""
-    top = max(logits)
-    return logits[action] - top - math.log(math.fsum(math.exp(z - top) for z in logits))
+    top, _, total = _softmax_parts(logits)
+    return logits[action] - top - math.log(total)
 
 
 def _check_value(network: nn.Module, obs_dim: int) -> None:
