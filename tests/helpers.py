@@ -8,10 +8,16 @@ from typing import Any
 
 import torch
 
+from finsense.checkpoint.chunks import Chunked
+
 
 def assert_same_state(a: Any, b: Any, where: str = "") -> None:
     """Recursively assert two loaded states are identical (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
+    if isinstance(a, Chunked):  # a chunked tensor of a live state (not loaded yet)
+        assert isinstance(b, Chunked), where
+        assert_same_state(a.tensor, b.tensor, f"{where}.tensor")
+        assert list(a.stamps or ()) == list(b.stamps or ()), f"stamps differ at {where}"
+    elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor), where
         assert a.dtype == b.dtype and a.shape == b.shape, where
         assert torch.equal(a, b), f"tensor differs at {where}"

@@ -22,6 +22,7 @@ from finsense.agents import (
     greedy_action,
     td_target,
 )
+from finsense.checkpoint.chunks import Chunked, externalise, substitute
 from finsense.device import DEFAULT_THREADS, resolve_device, set_torch_threads
 from finsense.envs import TradingEnv
 from finsense.errors import CheckpointError, ConfigError
@@ -111,12 +112,14 @@ def fill(agent: DQNAgent, n: int, seed: int = 0) -> None:
 
 
 def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
-    """Through bytes and back as a checkpoint is: torch.save, torch.load(weights_only=True)."""
+    """Through bytes and back as a checkpoint is: torch.save, torch.load(weights_only=True),
+    with each chunked tensor replaced by a copy (the store's chunks hold its bytes)."""
+    small, chunked = externalise(state)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(small, buffer)
     buffer.seek(0)
     loaded: dict[str, Any] = torch.load(buffer, weights_only=True)
-    return loaded
+    return substitute(loaded, [item.tensor.clone() for _, item in chunked])  # type: ignore[no-any-return]
 
 
 # -- acting ------------------------------------------------------------------------------------
@@ -553,21 +556,36 @@ def test_state_dict_is_tensors_and_plain_values_and_loads_with_weights_only() ->
             plain = (torch.Tensor, int, float, str, bool, type(None))
             assert isinstance(value, plain), f"{where} is {type(value).__name__}"
 
-    check(state, "state")
-    assert_same_state(roundtrip(state), state)
+    buffer = state["training"]["buffer"]
+    chunked = {k for k, v in buffer.items() if isinstance(v, Chunked)}
+    assert chunked == {"observations", "next_observations", "actions", "rewards", "dones"}
+    check({k: v for k, v in buffer.items() if k not in chunked}, "buffer")
+    check({**state, "training": {**state["training"], "buffer": {}}}, "state")
+    loaded = roundtrip(state)
+    assert_same_state(
+        loaded["training"]["buffer"]["observations"][:120], agent.buffer.observations[0, :120]
+    )
+    assert_same_state(roundtrip(loaded), loaded)
     assert set(state["policy"]) == {"arch", "weights"}
     assert state["training"]["buffer"]["fill"] == 120
     assert state["training"]["steps"] == 120
 
 
-def test_state_dict_is_a_copy_that_later_training_does_not_change() -> None:
+def test_state_dict_is_a_copy_that_later_training_does_not_change_but_for_the_buffer() -> None:
+    """Like ``nn.Module.state_dict``, the replay buffer's storage is handed over as views (a
+    million-row copy would cost more than the save); everything else is a copy."""
     agent = DQNAgent(OBS_DIM, 2, SMALL, seed=0)
     env = TradingEnv(**ENV_KWARGS)
     run_steps(agent, env, 100)
-    state = agent.state_dict()
-    snapshot = copy.deepcopy(state)
+    fill = agent.buffer.fill
+    state = roundtrip(agent.state_dict())
+    live = agent.state_dict()
+    buffer = live["training"].pop("buffer")
+    snapshot = copy.deepcopy(live)
     run_steps(agent, env, 100)
-    assert_same_state(state, snapshot)
+    assert_same_state(live, snapshot)
+    assert buffer["observations"].tensor.data_ptr() == agent.buffer.observations.data_ptr()
+    assert state["training"]["buffer"]["fill"] == fill < agent.buffer.fill
 
 
 def test_load_policy_rebuilds_the_greedy_network_without_training_state() -> None:

@@ -8,7 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from finsense.checkpoint.chunks import Chunked
 from finsense.errors import ConfigError
+
+#: log2 of the rows per stamp (see :meth:`ReplayBuffer.state_dict`): blocks of 1,024 rows.
+_STAMP_SHIFT = 10
 
 
 class Batch(NamedTuple):
@@ -34,6 +38,10 @@ class ReplayBuffer:
 
     Only ``terminated`` is stored as ``done``: an episode cut by a time limit (``truncated``) still
     bootstraps from its next state.
+
+    Every block of 1,024 rows carries a stamp, the count of transitions added when a row of it
+    was last written, so that a checkpoint rewrites only the blocks that changed since the last
+    one (see :class:`~finsense.checkpoint.chunks.Chunked`).
     """
 
     def __init__(self, capacity: int, obs_dim: int, device: torch.device | str = "cpu") -> None:
@@ -53,6 +61,8 @@ class ReplayBuffer:
         self._dones = self.dones.numpy()
         self.pos = 0  # the row the next transition is written to
         self.fill = 0  # how many rows hold transitions
+        self.added = 0  # transitions ever added: the stamps' clock
+        self._stamps = [0] * -(-self.capacity >> _STAMP_SHIFT)  # 0: never written
 
     def __len__(self) -> int:
         return self.fill
@@ -72,6 +82,8 @@ class ReplayBuffer:
         self._actions[pos] = action
         self._rewards[pos] = reward
         self._dones[pos] = terminated
+        self.added += 1
+        self._stamps[pos >> _STAMP_SHIFT] = self.added
         pos += 1
         self.pos = 0 if pos == self.capacity else pos
         if self.fill < self.capacity:
@@ -92,21 +104,30 @@ class ReplayBuffer:
         return Batch(both[0], actions, rewards, dones, both[1], both.view(-1, self.obs_dim))
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored transitions (copies of the filled rows) with the ring's position and fill."""
-        n = self.fill
+        """The ring's position, fill and stamps, and its storage as
+        :class:`~finsense.checkpoint.chunks.Chunked` views of the live memory (no copy, as
+        ``nn.Module.state_dict`` returns its parameters: save it before adding more)."""
+        stamps = list(self._stamps)
+        rows = 1 << _STAMP_SHIFT
         return {
             "capacity": self.capacity,
             "obs_dim": self.obs_dim,
             "pos": self.pos,
-            "fill": n,
-            "observations": self.observations[:, :n].clone(),
-            "actions": self.actions[:n].clone(),
-            "rewards": self.rewards[:n].clone(),
-            "dones": self.dones[:n].clone(),
+            "fill": self.fill,
+            "added": self.added,
+            "stamps": torch.tensor(stamps, dtype=torch.int64),
+            "observations": Chunked(self.observations[0], stamps, rows),
+            "next_observations": Chunked(self.observations[1], stamps, rows),
+            "actions": Chunked(self.actions, stamps, rows),
+            "rewards": Chunked(self.rewards, stamps, rows),
+            "dones": Chunked(self.dones, stamps, rows),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned; the capacity and ``obs_dim`` must match."""
+        """Restore what :meth:`state_dict` returned (or a checkpoint of it, where each
+        :class:`~finsense.checkpoint.chunks.Chunked` is a tensor); the capacity and ``obs_dim``
+        must match. Reads the storage of FinSense 0.x checkpoints too (the filled rows only,
+        observations and next observations in one tensor)."""
         if int(state["capacity"]) != self.capacity:
             raise ConfigError(
                 f"checkpoint replay buffer holds {state['capacity']} transitions != config "
@@ -119,12 +140,25 @@ class ReplayBuffer:
                 f"{self.obs_dim} for this env; resume with the env settings of the checkpoint"
             )
         n = int(state["fill"])
-        for name in ("observations", "actions", "rewards", "dones"):
-            target: Tensor = getattr(self, name)
-            target.zero_()
-            if name == "observations":
-                target[:, :n] = state[name]
-            else:
-                target[:n] = state[name]
+        stored = {k: v.tensor if isinstance(v, Chunked) else v for k, v in state.items()}
+        if "next_observations" in stored:  # the whole ring, as this version saves it
+            self.observations[0].copy_(stored["observations"])
+            self.observations[1].copy_(stored["next_observations"])
+            for name in ("actions", "rewards", "dones"):
+                getattr(self, name).copy_(stored[name])
+            self.added = int(state["added"])
+            self._stamps = [int(s) for s in stored["stamps"].tolist()]
+        else:  # the filled rows only, before stamps
+            for name in ("observations", "actions", "rewards", "dones"):
+                target: Tensor = getattr(self, name)
+                target.zero_()
+                if name == "observations":
+                    target[:, :n] = stored[name]
+                else:
+                    target[:n] = stored[name]
+            self.added = n
+            self._stamps = [0] * len(self._stamps)
+            for block in range(-(-n >> _STAMP_SHIFT)):
+                self._stamps[block] = n
         self.fill = n
         self.pos = int(state["pos"])

@@ -7,6 +7,9 @@ Layout of ``models/`` (``N`` is the episode)::
     model_epN.json       metadata + the SHA-256 and size of both files; written last, it is what
                          makes the checkpoint count
     best_model.pt / best_model.train.pt / best_model.json   the best episode so far (hard links)
+    chunks/<sha256>      large tensors of the training states (the replay buffer), cut into
+                         chunks named by their SHA-256 and shared between checkpoints; a JSON
+                         lists its chunks (see :mod:`finsense.checkpoint.chunks`)
     *.corrupt[.K]        files that failed verification, set aside and never deleted
     archive/<UTC time>/  an older history, moved aside by :meth:`CheckpointManager.archive`
 
@@ -21,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
-FORMAT_VERSION = 1
+#: 2: large tensors of the training state are chunks in ``chunks/`` (the JSON's ``chunked``).
+FORMAT_VERSION = 2
 #: Subfolder of ``models/`` that :meth:`CheckpointManager.archive` moves old histories into.
 ARCHIVE_DIR = "archive"
 #: The journal of an archive move in progress (see :meth:`CheckpointManager.archive`).
 ARCHIVE_JOURNAL = ".archive.json"
+#: Subfolder of ``models/`` holding the content-addressed chunks of training states.
+CHUNKS_DIR = "chunks"
 #: Stem of the best checkpoint's files.
 BEST = "best_model"
 #: Prefix of an episodic checkpoint's files (``model_ep10.pt``).
@@ -57,6 +63,11 @@ def _stem(path: Path) -> str:
 def _files(directory: Path, stem: str) -> tuple[Path, Path, Path]:
     """The model file, its companion (training state) and its JSON."""
     return directory / f"{stem}.pt", directory / f"{stem}.train.pt", directory / f"{stem}.json"
+
+
+def is_chunk_name(name: str) -> bool:
+    """Whether ``name`` is a chunk's file name: 64 lowercase hex digits (its SHA-256)."""
+    return len(name) == 64 and not name.strip("0123456789abcdef")
 
 
 def episode_stem(episode: int) -> str:

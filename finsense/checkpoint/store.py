@@ -22,12 +22,23 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from finsense.checkpoint.chunks import (
+    Chunked,
+    ChunkError,
+    _has_chunked,
+    collect,
+    externalise,
+    listed_by,
+    read_chunked,
+    substitute,
+    write_chunks,
+)
 from finsense.checkpoint.durable import (
     _Digest,
     _fsync_dir,
@@ -49,12 +60,14 @@ from finsense.checkpoint.layout import (
     ARCHIVE_DIR,
     ARCHIVE_JOURNAL,
     BEST,
+    CHUNKS_DIR,
     FORMAT_VERSION,
     Listing,
     _episode_of,
     _files,
     _stem,
     episode_stem,
+    is_chunk_name,
 )
 from finsense.errors import CheckpointError, ConfigError
 from finsense.lockfile import RunLock, _held_locks
@@ -144,6 +157,14 @@ class _Loaded:
     metadata: dict[str, Any] | None = None
 
 
+def _chunk_entry(name: Any) -> bool:
+    """Whether an archive journal's ``link`` entry names a chunk (``chunks/<sha256>``)."""
+    if not isinstance(name, str):
+        return False
+    folder, _, digest = name.partition("/")
+    return folder == CHUNKS_DIR and is_chunk_name(digest)
+
+
 class CheckpointManager:
     """Saves, finds, verifies, rotates and loads the checkpoints of one ``models/`` directory.
 
@@ -190,6 +211,9 @@ class CheckpointManager:
         self.map_location = map_location
         self._mutex = threading.RLock()
         self._loaded: _Loaded | None = None
+        #: The manifest entry of each chunked key as last saved or loaded here (see
+        #: :func:`finsense.checkpoint.chunks.write_chunks`).
+        self._chunk_cache: dict[str, dict[str, Any]] = {}
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -239,7 +263,7 @@ class CheckpointManager:
         if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
             raise ValueError(f"episode must be an int >= 0, not {episode!r}")
         value = self._metric_of(metadata)
-        model_bytes, training_bytes = _serialise_pair(state, training_state)
+        model_bytes, training_bytes, chunked = self._serialise(state, training_state)
         with self._mutex:
             self._finish_archive()
             pt, train, json_path = _files(self.models_dir, episode_stem(episode))
@@ -249,7 +273,7 @@ class CheckpointManager:
                 improved = current is None or self._better(value, current)
             self._loaded = None
             meta = self._metadata(episode, metadata, value, is_best=improved)
-            meta = self._commit(pt, train, json_path, model_bytes, training_bytes, meta)
+            meta = self._commit(pt, train, json_path, model_bytes, training_bytes, meta, chunked)
             info = CheckpointInfo(episode, pt, meta)
             if improved:
                 try:
@@ -264,6 +288,7 @@ class CheckpointManager:
                 self._rotate(keep=episode)
             except OSError as exc:  # the save itself is complete; the next one rotates again
                 log.warning("%s: cannot rotate old checkpoints (%s)", self.models_dir, _reason(exc))
+            self._collect(chunked)
             return info
 
     def improves(self, metrics: Mapping[str, Any]) -> bool:
@@ -305,15 +330,47 @@ class CheckpointManager:
         value = self._metric_of(metadata)
         if not self.improves(metadata["metrics"]):
             return None
-        model_bytes, training_bytes = _serialise_pair(state, training_state)
+        model_bytes, training_bytes, chunked = self._serialise(state, training_state)
         with self._mutex:
             self._finish_archive()
             self._loaded = None
             meta = self._metadata(episode, metadata, value, is_best=True)
             best_pt, best_train, best_json = _files(self.models_dir, BEST)
-            meta = self._commit(best_pt, best_train, best_json, model_bytes, training_bytes, meta)
+            meta = self._commit(
+                best_pt, best_train, best_json, model_bytes, training_bytes, meta, chunked
+            )
             log.debug("episode %d is the new best (%s=%s)", episode, self.metric_name, value)
+            self._collect(chunked)
             return CheckpointInfo(episode, best_pt, meta)
+
+    @staticmethod
+    def _serialise(
+        state: dict[str, Any], training_state: dict[str, Any] | None
+    ) -> tuple[memoryview, memoryview | None, list[tuple[str, Chunked]]]:
+        """The model file's and companion's bytes, and the chunked tensors of the training
+        state (each replaced by a placeholder in the companion)."""
+        if _has_chunked(state):
+            raise TypeError(
+                "state holds a Chunked tensor; only the training state may (the model file "
+                "stays a standalone torch.save file)"
+            )
+        chunked: list[tuple[str, Chunked]] = []
+        if training_state is not None:
+            training_state, chunked = externalise(training_state)
+        model_bytes, training_bytes = _serialise_pair(state, training_state)
+        return model_bytes, training_bytes, chunked
+
+    def _collect(self, chunked: list[tuple[str, Chunked]]) -> None:
+        """Remove chunks no checkpoint lists any more (after a commit; never fatal)."""
+        if not chunked and not (self.models_dir / CHUNKS_DIR).is_dir():
+            return
+        try:
+            removed = collect(self.models_dir)
+        except OSError as exc:
+            log.warning("%s: cannot remove unused chunks (%s)", self.models_dir, _reason(exc))
+            return
+        if removed:
+            log.debug("%s: removed %d unused chunks", self.models_dir / CHUNKS_DIR, removed)
 
     def _metadata(
         self, episode: int, metadata: Mapping[str, Any], value: float, *, is_best: bool
@@ -338,16 +395,24 @@ class CheckpointManager:
         model_bytes: memoryview,
         training_bytes: memoryview | None,
         meta: dict[str, Any],
+        chunked: Sequence[tuple[str, Chunked]] = (),
     ) -> dict[str, Any]:
         """Write the files of one checkpoint and return its metadata as written.
 
-        Every file goes to a temporary name first; only then are they renamed, model, companion,
-        JSON, so that a failure while writing (the likely one: no space) changes nothing.
+        The chunks of ``chunked`` not stored yet come first (``chunks/``, fsynced). Every other
+        file goes to a temporary name first; only then are they renamed, model, companion, JSON,
+        so that a failure while writing (the likely one: no space) changes nothing: new chunks
+        are removed again, and chunks are only ever listed by the JSON written last.
         """
         tmps: list[Path] = []
         renamed: list[Path] = []
-        current = pt  # the file being written, for the error message
+        created: list[Path] = []
+        current = self.models_dir / CHUNKS_DIR  # the file being written, for the error message
         try:
+            if chunked:
+                manifest, created = write_chunks(chunked, self.models_dir, self._chunk_cache)
+                meta["chunked"] = manifest
+            current = pt
             tmp_pt, model_sha = _write_tmp(pt, model_bytes, sha256=True)
             tmps.append(tmp_pt)
             tmp_train: Path | None = None
@@ -389,12 +454,14 @@ class CheckpointManager:
             for tmp in tmps:
                 _remove_quietly(tmp)
             if not os.path.lexists(json_path):
-                for path in renamed:  # files without their JSON would count for nothing
+                for path in renamed + created:  # files without their JSON count for nothing
                     _remove_quietly(path)
             raise CheckpointError(
                 f"{current}: cannot save checkpoint {pt.name} ({_reason(exc)}); "
                 "earlier checkpoints are intact"
             ) from exc
+        if chunked:
+            self._chunk_cache = {entry["key"]: entry for entry in meta["chunked"]}
         return meta
 
     def _write_best(self, pt: Path, train: Path | None, meta: dict[str, Any]) -> None:
@@ -708,8 +775,11 @@ class CheckpointManager:
         return None  # not reached: the last attempt returns above
 
     def _set_aside(self, stem: str, bad: _VerifyError) -> None:
-        """Rename every file of checkpoint ``stem`` to ``<name>.corrupt[.K]`` (never deletes)."""
+        """Rename every file of checkpoint ``stem`` to ``<name>.corrupt[.K]`` (never deletes);
+        a damaged chunk too, so that no later save lists it again."""
         moved = [_rename_aside(path) for path in _files(self.models_dir, stem)]
+        if bad.path.parent == self.models_dir / CHUNKS_DIR:
+            moved.append(_rename_aside(bad.path))
         shown = ", ".join(name for name in moved if name) or "nothing"
         log.warning("%s: %s; set aside as %s", bad.path, bad.reason, shown)
 
@@ -873,7 +943,30 @@ class CheckpointManager:
                 raise _VerifyError(path, "checksum mismatch")
             if failure is not None:
                 raise failure
-        return loaded[0], loaded[1] if len(loaded) > 1 else None
+        training = loaded[1] if len(loaded) > 1 else None
+        if training is not None and meta and "chunked" in meta:
+            training = self._with_chunks(training, meta, pt)
+        return loaded[0], training
+
+    def _with_chunks(
+        self, training: dict[str, Any], meta: Mapping[str, Any], pt: Path
+    ) -> dict[str, Any]:
+        """``training`` with its placeholders replaced by the verified chunked tensors."""
+        manifest = meta["chunked"]
+        json_path = _files(pt.parent, _stem(pt))[2]
+        try:
+            if not isinstance(manifest, list):
+                raise ValueError("'chunked' is not a list")
+            tensors = read_chunked(manifest, pt.parent)
+            training = substitute(training, tensors)
+        except ChunkError as bad:
+            raise _VerifyError(bad.path, bad.reason, set_aside=bad.damaged) from None
+        except ValueError as exc:
+            raise _VerifyError(json_path, f"malformed chunk manifest ({exc})") from None
+        if pt.parent == self.models_dir:
+            # What these chunks hold is known now: a save of the same rows reuses them unread.
+            self._chunk_cache = {entry["key"]: entry for entry in manifest}
+        return training
 
     def load(
         self, checkpoint: CheckpointInfo | str | Path, *, with_training_state: bool = True
@@ -997,6 +1090,10 @@ class CheckpointManager:
         after N (the next save rebuilds the best from the checkpoints that stay). ``move`` and
         ``copy`` name files outside ``models/`` (``metrics.csv``) that go with the history.
 
+        An archived checkpoint keeps its chunks: with ``after=None`` the whole ``chunks/``
+        folder moves; otherwise the chunks it lists are hard-linked into the archive's own
+        ``chunks/`` (a kept checkpoint may list them too; the next save removes the rest).
+
         Crash-safe: the whole move is first written to a journal (``models/.archive.json``);
         every later look at the store finishes a journaled move before anything else, so a kill
         at any instant leaves the history whole, in one archive folder.
@@ -1032,6 +1129,11 @@ class CheckpointManager:
                 # model goes last, so a reader never takes a half-moved history for a best.
                 names.sort(key=lambda n: (n.startswith(f"{BEST}."), not n.endswith(".json"), n))
                 entries = [["move", name, name] for name in names]
+                if after is not None:  # chunks the archived checkpoints share with kept ones
+                    jsons = [self.models_dir / n for n in names if n.endswith(".json")]
+                    shared = set().union(*map(listed_by, jsons))
+                    chunk = f"{CHUNKS_DIR}/"
+                    entries += [["link", chunk + d, chunk + d] for d in sorted(shared)]
                 entries += [["move", os.path.relpath(p, self.models_dir), p.name] for p in move]
                 entries += [["copy", os.path.relpath(p, self.models_dir), p.name] for p in copy]
                 entries = [e for e in entries if os.path.lexists(self.models_dir / e[1])]
@@ -1044,6 +1146,7 @@ class CheckpointManager:
                     f"{exc.filename or self.models_dir}: cannot archive the old checkpoints "
                     f"({_reason(exc)}); nothing was moved"
                 ) from exc
+            self._chunk_cache = {}  # a new future starts: only a load may vouch for chunks now
             self._finish_archive(quiet=True)
             log.info("archived %d files of %s to %s", len(entries), self.models_dir, target)
             return target
@@ -1068,6 +1171,7 @@ class CheckpointManager:
             not isinstance(entries, list)
             or target.parent != self.models_dir / ARCHIVE_DIR
             or not all(isinstance(e, list) and len(e) == 3 for e in entries)
+            or not all(e[0] != "link" or _chunk_entry(e[2]) for e in entries)
         ):
             self._set_aside_file(journal, "archive journal of an unknown shape")
             return
@@ -1081,6 +1185,12 @@ class CheckpointManager:
                     moved += 1
                 elif op == "copy" and os.path.lexists(src):
                     copy_file_atomic(src, dst)
+                elif op == "link" and os.path.lexists(src):
+                    dst = target / name
+                    dst.parent.mkdir(exist_ok=True)
+                    _link_or_copy(src, dst)
+            if (target / CHUNKS_DIR).is_dir():
+                _fsync_dir(target / CHUNKS_DIR)
             _fsync_dir(target)
             _fsync_dir(self.models_dir)
             _fsync_dir(self.models_dir.parent)

@@ -1,0 +1,407 @@
+"""Large tensors of the training state as content-addressed chunks, shared between checkpoints.
+
+A replay buffer of a million transitions is hundreds of megabytes, and ten episodes later a
+fraction of a percent of it has changed. So a tensor that its owner wraps in :class:`Chunked` is
+not serialised into the checkpoint's companion file. It is cut into chunks of whole rows, about
+:data:`CHUNK_BYTES` each, and every chunk is stored once, as ``models/chunks/<sha256>``, named by
+the SHA-256 of its bytes. A save writes only the chunks whose content is not stored yet. The
+checkpoint's JSON lists its chunks and their digests (its *manifest*) and is still written last:
+it is still what makes a checkpoint count. A chunk that no checkpoint lists any more is removed
+after the commit (:func:`collect`); a chunk is never rewritten in place.
+
+Knowing what changed without hashing the whole tensor at every save: the owner may pass
+``stamps``, one number per block of ``rows_per_stamp`` rows, which must grow whenever a row of
+the block is written (the replay buffer stamps a block with its count of transitions added).
+A chunk whose largest stamp equals the one recorded when this store last saved or loaded it is
+the same bytes, so its digest is reused without reading it. Without stamps every chunk is hashed
+at every save (only new content is written either way).
+
+Loading reads every chunk straight into the tensor's memory and checks its SHA-256, several
+chunks at a time (reads and ``hashlib`` release the GIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from finsense.checkpoint.durable import (
+    _fsync_dir,
+    _reason,
+    _remove_quietly,
+    _replace_from,
+    _write_tmp,
+    read_json,
+)
+from finsense.checkpoint.layout import CHUNKS_DIR, is_chunk_name
+
+#: Target size of one chunk: small enough that a save rewrites little of a ring buffer beyond
+#: the rows it changed, large enough that a million-row buffer is about a thousand files.
+CHUNK_BYTES = 256 * 1024
+#: Below this many bytes to hash or read, one thread does it all.
+_PARALLEL_BYTES = 4 << 20
+_WORKERS = 4
+#: The key of the small dict that stands for a chunked tensor in the companion file.
+PLACEHOLDER = "__finsense_chunked__"
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True, eq=False)
+class Chunked:
+    """A tensor of the training state to store as content-addressed chunks of whole rows.
+
+    Attributes:
+        tensor: a CPU tensor with rows along dim 0. It is read during the save only (a view of
+            live memory is fine: :meth:`CheckpointManager.save` returns before training goes on).
+        stamps: optional, one integer per block of ``rows_per_stamp`` rows, that grows whenever a
+            row of the block is written (a monotone counter: equal stamps mean equal rows). With
+            it a save hashes only the chunks whose stamps moved; without it, every chunk.
+        rows_per_stamp: rows per stamp (>= 1).
+
+    A loaded checkpoint gives back a plain tensor in its place.
+    """
+
+    tensor: torch.Tensor
+    stamps: Sequence[int] | None = None
+    rows_per_stamp: int = 1
+
+
+class ChunkError(Exception):
+    """A chunk is missing, unreadable or does not match its digest."""
+
+    def __init__(self, path: Path, reason: str, *, damaged: bool = True) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.damaged = damaged  # False for conditions that are not damage (permissions, ...)
+
+
+# -- the companion's placeholders ------------------------------------------------------------
+def externalise(obj: Any) -> tuple[Any, list[tuple[str, Chunked]]]:
+    """``obj`` with every :class:`Chunked` replaced by ``{PLACEHOLDER: index}``, and the
+    ``(key, Chunked)`` pairs in index order (key: the ``/``-joined path, e.g.
+    ``buffer/observations``)."""
+    found: list[tuple[str, Chunked]] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, Chunked):
+            found.append((path, value))
+            return {PLACEHOLDER: len(found) - 1}
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}/{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple) and any(_has_chunked(v) for v in value):
+            items = [walk(v, f"{path}/{i}" if path else str(i)) for i, v in enumerate(value)]
+            return items if isinstance(value, list) else tuple(items)
+        return value
+
+    return walk(obj, ""), found
+
+
+def _has_chunked(value: Any) -> bool:
+    if isinstance(value, Chunked):
+        return True
+    if isinstance(value, dict):
+        return any(_has_chunked(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_chunked(v) for v in value)
+    return False
+
+
+def substitute(obj: Any, tensors: Sequence[torch.Tensor]) -> Any:
+    """Put ``tensors[i]`` back where ``{PLACEHOLDER: i}`` stands (inverse of externalise)."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and PLACEHOLDER in obj:
+            index = obj[PLACEHOLDER]
+            if type(index) is not int or not 0 <= index < len(tensors):
+                raise ValueError(f"placeholder {index!r} names no chunked tensor of the manifest")
+            return tensors[index]
+        return {k: substitute(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        items = [substitute(v, tensors) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+# -- saving ----------------------------------------------------------------------------------
+def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous CPU tensor as a uint8 array sharing its memory."""
+    flat = tensor.reshape(-1)
+    return flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
+
+
+def _rows_per_chunk(tensor: torch.Tensor, rows_per_stamp: int) -> int:
+    rows = tensor.shape[0] if tensor.dim() else 1
+    row_bytes = tensor.numel() * tensor.element_size() // max(rows, 1)
+    per_chunk = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    if per_chunk <= rows_per_stamp:
+        return rows_per_stamp
+    return per_chunk - per_chunk % rows_per_stamp
+
+
+def _signatures(item: Chunked, n_chunks: int, rows_per_chunk: int) -> list[int | None]:
+    """The largest stamp of each chunk (None for every chunk when there are no stamps)."""
+    if item.stamps is None:
+        return [None] * n_chunks
+    stamps = np.asarray(item.stamps, dtype=np.int64)
+    group = rows_per_chunk // item.rows_per_stamp
+    padded = np.full(n_chunks * group, np.iinfo(np.int64).min, dtype=np.int64)
+    count = min(len(stamps), len(padded))
+    padded[:count] = stamps[:count]
+    return [int(s) for s in padded.reshape(n_chunks, group).max(axis=1)]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _map(fn: Callable[[_T], _R], items: list[_T], nbytes: int) -> list[_R]:
+    """``[fn(x) for x in items]``, in threads when there is much to do."""
+    if nbytes < _PARALLEL_BYTES or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_chunks(
+    items: Sequence[tuple[str, Chunked]],
+    models_dir: Path,
+    known: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Store the chunks of ``items`` that are not stored yet; return the manifest and the new
+    chunk files (removed by the caller if the checkpoint is not committed).
+
+    ``known`` maps a key to the manifest entry of that key last saved or loaded by the store;
+    a chunk whose stamp signature equals the recorded one reuses the recorded digest unread,
+    as long as its file is still there. Every new chunk is fsynced, then the chunk directory.
+
+    Raises:
+        OSError: a chunk could not be written (files created by this call are removed).
+    """
+    chunks_dir = models_dir / CHUNKS_DIR
+    chunks_dir.mkdir(exist_ok=True)
+    present = {name for name in os.listdir(chunks_dir) if is_chunk_name(name)}
+    manifest: list[dict[str, Any]] = []
+    todo: list[tuple[list[Any], memoryview]] = []  # (the manifest row to fill, its bytes)
+    for key, item in items:
+        tensor = item.tensor.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = tensor.contiguous()
+        rows_per_stamp = max(1, int(item.rows_per_stamp))
+        rows_per_chunk = _rows_per_chunk(tensor, rows_per_stamp)
+        rows = tensor.shape[0] if tensor.dim() else 1
+        n_chunks = math.ceil(rows / rows_per_chunk)
+        data = _bytes_of(tensor).data
+        row_bytes = data.nbytes // max(rows, 1)
+        entry: dict[str, Any] = {
+            "key": key,
+            "dtype": _dtype_name(tensor.dtype),
+            "shape": list(tensor.shape),
+            "rows_per_chunk": rows_per_chunk,
+        }
+        before = known.get(key)
+        same_layout = before is not None and all(
+            before.get(k) == entry[k] for k in ("dtype", "shape", "rows_per_chunk")
+        )
+        old = before["chunks"] if before is not None and same_layout else None
+        chunks: list[list[Any]] = []
+        for i, signature in enumerate(_signatures(item, n_chunks, rows_per_chunk)):
+            start = i * rows_per_chunk * row_bytes
+            piece = data[start : min(start + rows_per_chunk * row_bytes, data.nbytes)]
+            row: list[Any] = [None, piece.nbytes, signature]
+            if (
+                old is not None
+                and signature is not None
+                and old[i][2] == signature
+                and old[i][1] == piece.nbytes
+                and old[i][0] in present
+            ):
+                row[0] = old[i][0]
+            else:
+                todo.append((row, piece))
+            chunks.append(row)
+        entry["chunks"] = chunks
+        manifest.append(entry)
+    pieces = [piece for _, piece in todo]
+    total = sum(p.nbytes for p in pieces)
+    for (row, _), digest in zip(todo, _map(_sha256, pieces, total), strict=True):
+        row[0] = digest
+    new: dict[str, memoryview] = {}
+    for row, piece in todo:
+        if row[0] not in present:
+            new.setdefault(row[0], piece)
+    created: list[Path] = []
+
+    def write(pair: tuple[str, memoryview]) -> Path:
+        digest, piece = pair
+        path = chunks_dir / digest
+        tmp, _ = _write_tmp(path, piece)
+        _replace_from(tmp, path)
+        return path
+
+    try:
+        for path in _map(write, list(new.items()), sum(p.nbytes for p in new.values())):
+            created.append(path)
+        if new:
+            _fsync_dir(chunks_dir)
+    except BaseException:
+        for digest in new:
+            _remove_quietly(chunks_dir / digest)
+        raise
+    return manifest, created
+
+
+# -- loading ---------------------------------------------------------------------------------
+def _check_entry(entry: Any) -> tuple[torch.dtype, list[int], int, list[tuple[str, int]]]:
+    """The dtype, shape, rows per chunk and ``(digest, size)`` list of a manifest entry."""
+    if not isinstance(entry, Mapping):
+        raise ValueError("a manifest entry is not a mapping")
+    dtype = getattr(torch, str(entry.get("dtype")), None)
+    shape = entry.get("shape")
+    per_chunk = entry.get("rows_per_chunk")
+    chunks = entry.get("chunks")
+    if (
+        not isinstance(dtype, torch.dtype)
+        or not isinstance(shape, list)
+        or not all(type(n) is int and n >= 0 for n in shape)
+        or type(per_chunk) is not int
+        or per_chunk < 1
+        or not isinstance(chunks, list)
+    ):
+        raise ValueError(f"manifest entry {entry.get('key')!r} of an unknown shape")
+    listed: list[tuple[str, int]] = []
+    for row in chunks:
+        if (
+            not isinstance(row, list)
+            or len(row) != 3
+            or not isinstance(row[0], str)
+            or not is_chunk_name(row[0])
+            or type(row[1]) is not int
+        ):
+            raise ValueError(f"manifest entry {entry.get('key')!r} lists a malformed chunk")
+        listed.append((row[0], row[1]))
+    return dtype, shape, per_chunk, listed
+
+
+def read_chunked(manifest: Sequence[Any], directory: Path) -> list[torch.Tensor]:
+    """The tensors a manifest describes, read from ``directory/chunks`` and verified.
+
+    Raises:
+        ChunkError: a chunk is missing, short, too long or does not match its digest.
+        ValueError: the manifest is malformed.
+    """
+    chunks_dir = directory / CHUNKS_DIR
+    tensors: list[torch.Tensor] = []
+    jobs: list[tuple[Path, str, memoryview]] = []
+    for entry in manifest:
+        dtype, shape, per_chunk, listed = _check_entry(entry)
+        tensor = torch.empty(shape, dtype=dtype)
+        data = _bytes_of(tensor).data
+        rows = shape[0] if shape else 1
+        row_bytes = data.nbytes // max(rows, 1)
+        if sum(size for _, size in listed) != data.nbytes or len(listed) != math.ceil(
+            rows / per_chunk
+        ):
+            raise ValueError(f"manifest entry {entry.get('key')!r}: chunk sizes do not add up")
+        offset = 0
+        for digest, size in listed:
+            if offset % (per_chunk * row_bytes or 1) != 0 and size:
+                raise ValueError(f"manifest entry {entry.get('key')!r}: misaligned chunk")
+            jobs.append((chunks_dir / digest, digest, data[offset : offset + size]))
+            offset += size
+        tensors.append(tensor)
+    _map(_read_one, jobs, sum(view.nbytes for _, _, view in jobs))
+    return tensors
+
+
+def _read_one(job: tuple[Path, str, memoryview]) -> None:
+    path, digest, view = job
+    try:
+        with open(path, "rb", buffering=0) as f:
+            got = f.readinto(view) or 0
+            extra = f.read(1)
+    except FileNotFoundError:
+        raise ChunkError(path, "missing chunk") from None
+    except OSError as exc:
+        raise ChunkError(path, f"cannot read chunk ({_reason(exc)})", damaged=False) from None
+    if got != view.nbytes:
+        raise ChunkError(path, f"truncated chunk ({got} of {view.nbytes} bytes)")
+    if extra:
+        raise ChunkError(path, f"chunk longer than the {view.nbytes} bytes listed")
+    if _sha256(view) != digest:
+        raise ChunkError(path, "chunk checksum mismatch")
+
+
+# -- garbage collection ----------------------------------------------------------------------
+def digests(meta: Mapping[str, Any]) -> set[str]:
+    """The chunk digests a checkpoint's JSON lists."""
+    found: set[str] = set()
+    manifest = meta.get("chunked")
+    if isinstance(manifest, list):
+        for entry in manifest:
+            rows = entry.get("chunks") if isinstance(entry, Mapping) else None
+            for row in rows if isinstance(rows, list) else ():
+                if isinstance(row, list) and row and isinstance(row[0], str):
+                    found.add(row[0])
+    return found
+
+
+def listed_by(json_path: Path) -> set[str]:
+    """The chunk digests the JSON at ``json_path`` lists (none when it cannot be read)."""
+    try:
+        return digests(read_json(json_path))
+    except (OSError, ValueError):
+        return set()
+
+
+def referenced(models_dir: Path, names: Iterable[str]) -> set[str] | None:
+    """Every digest listed by the checkpoint JSONs among ``names`` of ``models_dir``; None when
+    one of them cannot be read (then nothing may be collected)."""
+    found: set[str] = set()
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            found |= digests(read_json(models_dir / name))
+        except FileNotFoundError:
+            continue  # rotated away meanwhile: it lists nothing any more
+        except (OSError, ValueError):
+            return None
+    return found
+
+
+def collect(models_dir: Path) -> int:
+    """Remove the chunks (and unfinished chunk writes) that no checkpoint JSON lists; the count.
+
+    Only the writer of the run calls this, after a commit: a kill at any instant leaves at worst
+    chunks that the next collection removes.
+    """
+    chunks_dir = models_dir / CHUNKS_DIR
+    try:
+        stored = os.listdir(chunks_dir)
+    except FileNotFoundError:
+        return 0
+    keep = referenced(models_dir, os.listdir(models_dir))
+    if keep is None:
+        return 0
+    removed = 0
+    for name in stored:
+        if (is_chunk_name(name) and name not in keep) or (name.startswith(".") and ".tmp-" in name):
+            _remove_quietly(chunks_dir / name)
+            removed += 1
+    return removed
