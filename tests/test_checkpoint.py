@@ -42,6 +42,7 @@ from finsense.checkpoint import (
     write_json_atomic,
 )
 from finsense.errors import CheckpointError, ConfigError, RunLockedError
+from tests.checkpoint_child import ring
 
 CHILD = Path(__file__).with_name("checkpoint_child.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -1331,9 +1332,12 @@ def test_sigkill_while_saving_always_leaves_a_valid_latest_checkpoint(tmp_path: 
         state, train_state, metadata = manager.load(info)
         assert state["episode"] == info.episode == metadata["episode"]
         assert train_state is not None and train_state["episode"] == info.episode
+        assert torch.equal(train_state["ring"], ring(train_state["start"], info.episode))
         best = manager.best()
         assert best is not None
-        manager.load(best)
+        _, best_train, _ = manager.load(best)
+        assert best_train is not None
+        assert torch.equal(best_train["ring"], ring(best_train["start"], best.episode))
         assert corrupt_files(models) == set()  # a crash is never mistaken for damage
         # Killed between a save and its rotation: one extra, rotated away by the next save.
         assert len(manager.all_episodes()) <= 3 + 1
