@@ -13,6 +13,15 @@ Measures, in one run and alternating the two sides so that both see the same dis
 - ``latest()`` over a directory of 10,000 files (5,000 episodes: ``.json`` + ``.pt`` each; the
   newest three are real checkpoints, the rest empty files that the scan must never open), next to
   the bare ``os.scandir`` of that directory. Target: well under 50 ms.
+- A big replay buffer (``--buffer-rows``, default 1,000,000 rows of 31-float observations: the
+  real :class:`~finsense.agents.buffer.ReplayBuffer`, 264 MB) with ``--changed`` (2,500) rows
+  added between saves, ``max_keep=5``: the median save with the buffer as chunks (what the
+  trainer does) against the same state written whole (the store's layout before chunks) and a
+  bare ``torch.save`` of it; the run directory's size over one buffer's bytes; a resume's
+  ``latest()`` + ``load()`` in a new manager against a bare ``torch.load(weights_only=True)`` of
+  the same tensors. Targets (issue 14): save <= 100 ms, directory <= 1.3x, load <= 1.3x bare.
+- With ``--default-run``: the default 300-episode training run's ``models/`` size (a real
+  ``python -m finsense.train`` in a temporary directory). Target: <= 20 MB.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import argparse
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +40,7 @@ from typing import Any
 
 import torch
 
+from finsense.agents.buffer import ReplayBuffer
 from finsense.checkpoint import CheckpointManager
 
 SIZES = [(30, 64), (64, 64), (64, 3)]
@@ -185,12 +197,140 @@ def bench_scan(root: Path, repeats: int, episodes: int = 5000) -> list[tuple[str
     ]
 
 
+def fill_buffer(buffer: ReplayBuffer, gen: torch.Generator) -> None:
+    """Fill every row at once, as ``capacity`` calls of ``add`` would (stamps included)."""
+    buffer.observations.normal_(generator=gen)
+    buffer.actions.random_(0, 3, generator=gen)
+    buffer.rewards.normal_(generator=gen)
+    buffer.dones.bernoulli_(0.004, generator=gen)
+    buffer.fill = buffer.added = buffer.capacity
+    buffer.pos = 0
+    buffer._stamps = [buffer.capacity] * len(buffer._stamps)
+
+
+def add_rows(buffer: ReplayBuffer, n: int, gen: torch.Generator) -> None:
+    """``n`` real ``add`` calls with random transitions."""
+    obs = torch.randn(n + 1, buffer.obs_dim, generator=gen).numpy()
+    actions = torch.randint(0, 3, (n,), generator=gen).tolist()
+    rewards = torch.randn(n, generator=gen).tolist()
+    for i in range(n):
+        buffer.add(obs[i], actions[i], rewards[i], obs[i + 1], i % 250 == 249)
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_big_buffer(root: Path, rows: int, changed: int, repeats: int) -> list[str]:
+    """The issue-14 figures: a big buffer, a few thousand rows changed between saves."""
+    gen = torch.Generator().manual_seed(2)
+    policy, training = dqn_state(gen)
+    buffer = ReplayBuffer(rows, 31)
+    fill_buffer(buffer, gen)
+    one_buffer = sum(
+        t.nbytes for t in (buffer.observations, buffer.actions, buffer.rewards, buffer.dones)
+    )
+    work = Path(tempfile.mkdtemp(prefix="buffer-", dir=root))
+    chunked = CheckpointManager(work / "chunked" / "models", max_keep=5)
+    whole = CheckpointManager(work / "whole" / "models", max_keep=5)
+    bare_path = work / "bare.pt"
+
+    def plain() -> dict[str, Any]:
+        state = buffer.state_dict()
+        return {k: v.tensor if hasattr(v, "tensor") else v for k, v in state.items()}
+
+    def meta(episode: int) -> dict[str, Any]:
+        # A better profit every save: best_model.* is the newest checkpoint, as while learning.
+        return {"metrics": {"total_profit": float(episode)}, "epsilon": 0.05}
+
+    first = time.perf_counter()
+    chunked.save(0, policy, meta(0), training_state={**training, "buffer": buffer.state_dict()})
+    first_ms = (time.perf_counter() - first) * 1000
+
+    def save_bare(episode: int) -> None:
+        torch.save({**training, "buffer": plain()}, bare_path)
+
+    def save_whole(episode: int) -> None:
+        state = {**training, "buffer": plain()}
+        whole.save(episode, policy, meta(episode), training_state=state)
+
+    def save_chunked(episode: int) -> None:
+        state = {**training, "buffer": buffer.state_dict()}
+        chunked.save(episode, policy, meta(episode), training_state=state)
+
+    sides = {"bare": save_bare, "whole": save_whole, "chunked": save_chunked}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
+    for i in range(1, repeats + 1):
+        add_rows(buffer, changed, gen)
+        for k in range(len(order)):
+            name = order[(i + k) % len(order)]
+            start = time.perf_counter()
+            sides[name](i)
+            times[name].append(time.perf_counter() - start)
+    save_ms = {name: median_ms(t) for name, t in times.items()}
+    chunked_dir = directory_bytes(chunked.models_dir)
+    whole_dir = directory_bytes(whole.models_dir)
+
+    def bare_load(i: int) -> None:
+        torch.load(bare_path, weights_only=True, map_location="cpu")
+
+    def resume(manager: CheckpointManager) -> Callable[[int], None]:
+        def load(i: int) -> None:
+            fresh = CheckpointManager(manager.models_dir, max_keep=5)
+            info = fresh.latest(resumable=True)
+            assert info is not None and info.episode == repeats
+            fresh.load(info)
+
+        return load
+
+    load_bare, load_whole, load_chunked = compare(
+        bare_load, resume(whole), resume(chunked), repeats=max(3, repeats // 3)
+    )
+    mb = one_buffer / 1e6
+    return [
+        f"replay buffer: {rows:,} rows ({mb:.0f} MB), {changed:,} rows added between saves,"
+        f" max_keep=5 (first chunked save: {first_ms:.0f} ms)",
+        f"{'':<28} {'bare':>9} {'whole':>9} {'chunked':>9} {'chunked/bare':>12}",
+        f"{'save (median)':<28} {save_ms['bare']:>7.0f}ms {save_ms['whole']:>7.0f}ms"
+        f" {save_ms['chunked']:>7.0f}ms {save_ms['chunked'] / save_ms['bare']:>11.2f}x",
+        f"{'resume: latest() + load()':<28} {load_bare:>7.0f}ms {load_whole:>7.0f}ms"
+        f" {load_chunked:>7.0f}ms {load_chunked / load_bare:>11.2f}x",
+        f"{'run directory / one buffer':<28} {'':>9} {whole_dir / one_buffer:>8.2f}x"
+        f" {chunked_dir / one_buffer:>8.2f}x   ({chunked_dir / 1e6:.0f} MB vs"
+        f" {whole_dir / 1e6:.0f} MB whole)",
+    ]
+
+
+def bench_default_run(root: Path) -> str:
+    """The default 300-episode run's models/ size, from a real training run."""
+    run_dir = root / "default-run"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "finsense.train", f"hydra.run.dir={run_dir}", "progress=log"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seconds = time.perf_counter() - start
+    models = directory_bytes(run_dir / "models")
+    return (
+        f"default run (300 episodes, {seconds:.0f} s): models/ {models / 1e6:.1f} MB,"
+        f" run directory {directory_bytes(run_dir) / 1e6:.1f} MB"
+    )
+
+
 def main() -> None:
     """Run the benchmarks and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per side (median)")
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
+    )
+    parser.add_argument("--buffer-rows", type=int, default=1_000_000, help="big buffer rows")
+    parser.add_argument("--changed", type=int, default=2_500, help="rows added between saves")
+    parser.add_argument(
+        "--default-run", action="store_true", help="also train the default run and size it"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -199,6 +339,8 @@ def main() -> None:
         root = Path(tmp)
         rows = bench_save_load(root, args.repeats)
         scan = bench_scan(root, args.repeats)
+        big = bench_big_buffer(root, args.buffer_rows, args.changed, args.repeats)
+        default = bench_default_run(root) if args.default_run else None
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, median of {args.repeats} runs")
     columns = {"bare": 9, "bare+fsync": 11, "FinSense": 9, "ratio": 6, "vs+fsync": 8}
     print(f"{'operation':<34} " + " ".join(f"{c:>{w}}" for c, w in columns.items()))
@@ -214,6 +356,12 @@ def main() -> None:
     print("bare: torch.save/torch.load(weights_only=True) of the same dict, one file, no fsync.")
     print("FinSense save: temp files, fsync of files and directory, SHA-256, JSON, best-model")
     print("links, rotation (max_keep=5); load: SHA-256 verification + weights_only load.")
+    print()
+    print("\n".join(big))
+    print("whole: the buffer written into the companion file (the layout before chunks);")
+    print("chunked: the replay buffer's own state_dict (stamped chunks), as the trainer saves.")
+    if default is not None:
+        print(default)
 
 
 if __name__ == "__main__":

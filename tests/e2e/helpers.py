@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from finsense.checkpoint import CheckpointManager
+from tests.helpers import assert_same_state
+
 # A tiny but real configuration: short episodes, small buffer, learning from step 64.
 TINY = [
     "env.episode_length=40",
@@ -72,9 +75,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 120.0, poll: float 
 
 
 def load_checkpoint_tensors(models_dir: Path, episode: int) -> dict[str, Any]:
-    """Both files of one checkpoint, loaded safely."""
-    policy = torch.load(models_dir / f"model_ep{episode}.pt", weights_only=True)
-    training = torch.load(models_dir / f"model_ep{episode}.train.pt", weights_only=True)
+    """Both files of one checkpoint and its chunks (the replay buffer), verified and loaded
+    safely; the model file also with a bare ``torch.load(weights_only=True)``, as users do."""
+    path = models_dir / f"model_ep{episode}.pt"
+    policy, training, _ = CheckpointManager(models_dir).load(path)
+    assert_same_state(torch.load(path, weights_only=True), policy)
     return {"policy": policy, "training": training}
 
 

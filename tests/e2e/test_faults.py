@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import subprocess_env, train_argv, wait_for
+from tests.e2e.helpers import load_checkpoint_tensors, subprocess_env, train_argv, wait_for
+from tests.helpers import assert_same_state
 
 pytestmark = pytest.mark.slow
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
@@ -156,6 +157,59 @@ def test_kill_while_archiving_for_resume_path_loses_nothing(tmp_path: Path, trai
         assert {k: v for k, v in kept.items() if k in later} == later
         assert "Resuming from episode 2" in again.stdout
         assert "Resuming training from episode 3/6" in again.stdout
+
+
+_CALL = re.compile(r'^\d+ +(rename|unlink)\("([^"]+)"')
+
+
+def _chunk_kill_points(cwd: Path, run_dir: Path, *args: str) -> dict[str, tuple[str, int]]:
+    """Where to kill a training run in the chunk store's life, as ``(syscall, when=)``: writing a
+    chunk of a later save, its model file after its chunks (no JSON yet), and removing unused
+    chunks after a rotation (the first and the last removal)."""
+    trace = cwd / "chunks.trace"
+    proc = _run(cwd, run_dir, *args, strace=["-e", "trace=rename,unlink", "-o", str(trace)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = [m.groups() for m in map(_CALL.match, trace.read_text().splitlines()) if m]
+    numbered: list[tuple[str, int, str]] = []
+    counts = {"rename": 0, "unlink": 0}
+    for call, path in calls:
+        counts[call] += 1
+        numbered.append((call, counts[call], path))
+    chunk_writes = [n for call, n, p in numbered if call == "rename" and "/chunks/." in p]
+    models = [n for call, n, p in numbered if call == "rename" and "/.model_ep" in p]
+    removals = [n for call, n, p in numbered if call == "unlink" and "/chunks/" in p]
+    assert len(chunk_writes) >= 10 and removals, numbered
+    middle = chunk_writes[len(chunk_writes) // 2]
+    return {
+        "chunk write": ("rename", middle),
+        "model file after its chunks": ("rename", min(n for n in models if n > middle)),
+        "first collection": ("unlink", removals[0]),
+        "last collection": ("unlink", removals[-1]),
+    }
+
+
+@needs_strace
+def test_kill_mid_chunk_write_commit_or_collection_then_resume_is_bit_identical(
+    tmp_path: Path,
+) -> None:
+    """The JSON is the commit, chunks included: a kill while chunks are written, before the
+    JSON that lists them, or while unused ones are removed leaves a run that resumes to the
+    very weights of a run never stopped, and nothing is mistaken for damage."""
+    args = ("episodes=14",)
+    reference = _run(tmp_path, tmp_path / "reference", *args)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    expected = load_checkpoint_tensors(tmp_path / "reference" / "models", 14)
+    points = _chunk_kill_points(tmp_path, tmp_path / "calibration", *args)
+    for where, (call, when) in points.items():
+        run_dir = tmp_path / where.replace(" ", "-")
+        inject = f"inject={call}:signal=SIGKILL:when={when}"
+        killed = _run(tmp_path, run_dir, *args, strace=["-e", inject, "-o", "/dev/null"])
+        assert killed.returncode != 0, f"{where}: not killed"
+        again = _run(tmp_path, run_dir, *args)
+        assert again.returncode == 0, where + again.stdout + again.stderr
+        assert "Auto-resuming from episode" in again.stdout, where + again.stdout
+        assert not [p for p in (run_dir / "models").rglob("*corrupt*")], where
+        assert_same_state(expected, load_checkpoint_tensors(run_dir / "models", 14))
 
 
 def _rows(run_dir: Path) -> int:
