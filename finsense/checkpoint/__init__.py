@@ -10,8 +10,12 @@ One job per module, lowest layer first:
 - :mod:`~finsense.checkpoint.layout`: the on-disk layout of ``models/`` (file names, the format
   version) and its listing. No torch; ``finsense.status`` reads runs through it.
 - :mod:`~finsense.checkpoint.encoding`: serialisation and the ``weights_only`` safety check.
+- :mod:`~finsense.checkpoint.chunks`: large tensors of the training state (the replay buffer)
+  as content-addressed chunks shared between checkpoints, and their collection.
+- :mod:`~finsense.checkpoint.history`: older histories moved to ``models/archive/`` through a
+  journal.
 - :mod:`~finsense.checkpoint.store`: :class:`CheckpointManager` (saving, the best model,
-  rotation, verification and repair, loading, archiving) and :class:`CheckpointInfo`.
+  rotation, verification and repair, loading) and :class:`CheckpointInfo`.
 - The run lock, :class:`RunLock`, lives in :mod:`finsense.lockfile`.
 
 Importing this package does not import torch: the names of the store (which needs torch) are
