@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from finsense.checkpoint import CheckpointInfo, CheckpointManager, metadata_path, write_bytes_atomic
+from finsense.checkpoint.policies import SavePolicy
 from finsense.errors import CheckpointError, ConfigError
 from finsense.runs import relative_to_run
 
@@ -549,6 +550,7 @@ class Trainer:
     def _loop(self, start: int, total: int, result: TrainResult) -> None:
         """Episodes ``start + 1 ..`` until the budget is spent or a signal asks to stop."""
         interrupt = self._interrupt = GracefulInterrupt()
+        saving = SavePolicy(self.settings.save_frequency, self.settings.save_every_minutes)
         last_save = time.monotonic()
         with interrupt.installed(), self._progress(start, total) as progress:
             for episode in range(start + 1, total + 1):
@@ -563,13 +565,12 @@ class Trainer:
                 result.last_episode = episode
                 progress(episode, row)
 
-                minutes = self.settings.save_every_minutes
                 finished = self._done(episode)
-                due = (
-                    episode % self.settings.save_frequency == 0
-                    or finished
-                    or interrupt.signum is not None
-                    or (minutes is not None and time.monotonic() - last_save >= 60.0 * minutes)
+                due = saving.due(
+                    episode,
+                    final=finished,
+                    signalled=interrupt.signum is not None,
+                    seconds_since_save=time.monotonic() - last_save,
                 )
                 if not due and self.manager.improves(self._metrics_of(row)):
                     self.save_best_episode(episode, row)  # a new best off the grid: kept at once

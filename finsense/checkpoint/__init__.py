@@ -12,6 +12,8 @@ One job per module, lowest layer first:
 - :mod:`~finsense.checkpoint.encoding`: serialisation and the ``weights_only`` safety check.
 - :mod:`~finsense.checkpoint.chunks`: large tensors of the training state (the replay buffer)
   as content-addressed chunks shared between checkpoints, and their collection.
+- :mod:`~finsense.checkpoint.policies`: when a checkpoint is due (:class:`SavePolicy`) and
+  which ones stay (:class:`RetentionPolicy`). No torch.
 - :mod:`~finsense.checkpoint.history`: older histories moved to ``models/archive/`` through a
   journal.
 - :mod:`~finsense.checkpoint.store`: :class:`CheckpointManager` (saving, the best model,

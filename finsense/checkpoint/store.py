@@ -62,12 +62,12 @@ from finsense.checkpoint.layout import (
     _stem,
     episode_stem,
 )
+from finsense.checkpoint.policies import RetentionPolicy
 from finsense.errors import CheckpointError, ConfigError
 from finsense.lockfile import RunLock, _held_locks
 
 log = logging.getLogger(__name__)
 
-MODES = ("max", "min")
 #: A read that fails while its files change under it (a running trainer saving, rotating or
 #: relinking ``best_model.*``) is tried this many times in all, 10, 20, 40... ms apart.
 _READ_ATTEMPTS = 6
@@ -177,22 +177,9 @@ class CheckpointManager:
         mode: str = "max",
         map_location: str = "cpu",
     ) -> None:
-        if isinstance(max_keep, bool) or not isinstance(max_keep, int) or max_keep < 1:
-            raise ConfigError(
-                f"checkpoints.max_keep={max_keep!r}: must be an integer >= 1 "
-                "(how many episodic checkpoints to keep)"
-            )
-        if mode not in MODES:
-            raise ConfigError(f"checkpoints.mode={mode!r}: must be 'max' or 'min'")
-        if not isinstance(metric_name, str) or not metric_name:
-            raise ConfigError(
-                f"checkpoints.metric_name={metric_name!r}: must name a metric, e.g. total_profit"
-            )
+        #: Which checkpoints stay (see :class:`~finsense.checkpoint.policies.RetentionPolicy`).
+        self.retention = RetentionPolicy(max_keep, bool(save_best), metric_name, mode)
         self.models_dir = Path(models_dir)
-        self.max_keep = max_keep
-        self.save_best = bool(save_best)
-        self.metric_name = metric_name
-        self.mode = mode
         self.map_location = map_location
         self._mutex = threading.RLock()
         self._loaded: _Loaded | None = None
@@ -205,6 +192,26 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{self.models_dir}: cannot create the models directory ({_reason(exc)})"
             ) from exc
+
+    @property
+    def max_keep(self) -> int:
+        """How many episodic checkpoints stay."""
+        return self.retention.max_keep
+
+    @property
+    def save_best(self) -> bool:
+        """Whether ``best_model.*`` is kept."""
+        return self.retention.keep_best
+
+    @property
+    def metric_name(self) -> str:
+        """The metric that ranks checkpoints."""
+        return self.retention.metric_name
+
+    @property
+    def mode(self) -> str:
+        """``max`` (higher is better) or ``min``."""
+        return self.retention.mode
 
     def __repr__(self) -> str:
         return (
@@ -467,7 +474,7 @@ class CheckpointManager:
     def _rotate(self, keep: int) -> None:
         """Remove episodic checkpoints beyond the ``max_keep`` newest (never ``keep``)."""
         saved = self._scan().saved()
-        kept = {keep, *[e for e in saved if e != keep][: self.max_keep - 1]}
+        kept = self.retention.kept(saved, keep)
         for episode in saved:
             if episode in kept:
                 continue
@@ -478,34 +485,10 @@ class CheckpointManager:
 
     # -- the metric --------------------------------------------------------------------------
     def _metric_of(self, metadata: Mapping[str, Any]) -> float:
-        """``metadata["metrics"][metric_name]`` as a float (nan for None or NaN)."""
-        metrics = metadata.get("metrics") if isinstance(metadata, Mapping) else None
-        if not isinstance(metrics, Mapping):
-            raise ValueError("metadata must hold a 'metrics' dict")
-        if self.metric_name not in metrics:
-            available = ", ".join(sorted(map(str, metrics))) or "none"
-            raise ConfigError(
-                f"checkpoints.metric_name={self.metric_name!r} is not a metric of the episodes; "
-                f"use one of: {available}"
-            )
-        value = metrics[self.metric_name]
-        if value is None:
-            return math.nan
-        try:
-            if isinstance(value, bool | str):
-                raise TypeError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"checkpoints.metric_name={self.metric_name!r}: the metric is not a number "
-                f"({value!r}); choose a numeric metric"
-            ) from None
+        return self.retention.metric_of(metadata)
 
     def _better(self, value: float, than: float) -> bool:
-        """Whether ``value`` improves on ``than`` (strictly; nan never does)."""
-        if math.isnan(value):
-            return False
-        return value > than if self.mode == "max" else value < than
+        return self.retention.better(value, than)
 
     def _best_record(self) -> tuple[str, dict[str, Any] | None]:
         """Read ``best_model.json`` (unverified): ``ok``, ``other`` (another metric or mode),
@@ -786,8 +769,7 @@ class CheckpointManager:
                     continue
                 if math.isfinite(value):
                     candidates.append((value, episode))
-        sign = 1.0 if self.mode == "max" else -1.0
-        candidates.sort(key=lambda c: (sign * c[0], c[1]), reverse=True)
+        candidates.sort(key=lambda c: self.retention.ranking_key(*c), reverse=True)
         for value, episode in candidates:
             # Invalid ones are left where they are: latest() sets them aside, newest first.
             info = self._verified(episode_stem(episode), episode, writable, set_aside=False)
