@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ import numpy as np
 
 from finsense import metrics
 from finsense.checkpoint import write_bytes_atomic
+from finsense.checkpoint.layout import Listing
 from finsense.cli import quiet_on_closed_stdout
 from finsense.config import non_experiment_keys
 from finsense.errors import FinSenseError
@@ -71,7 +73,6 @@ MISSING_MATPLOTLIB = "finsense.report needs matplotlib: pip install 'finsense[re
 DEFAULT_METRIC = "total_profit"
 #: Resolution of every figure.
 DPI = 120
-_EPISODE_JSON = re.compile(r"^model_ep(\d+)\.json$")
 
 
 def _number(value: float) -> str:
@@ -133,8 +134,7 @@ def checkpoint_episodes(run_dir: Path) -> list[int]:
     models = run_dir / "models"
     if not models.is_dir():
         return []
-    found = (_EPISODE_JSON.match(p.name) for p in models.iterdir())
-    return sorted(int(m.group(1)) for m in found if m)
+    return sorted(Listing(frozenset(os.listdir(models))).saved())
 
 
 def rolling_mean(values: np.ndarray, window: int | None = None) -> np.ndarray:
