@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import zstandard
 
 from finsense.checkpoint import CheckpointManager, read_json
 from finsense.checkpoint import chunks as chunks_module
@@ -60,15 +61,15 @@ def stored(models: Path) -> set[str]:
 
 
 def hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the size of every buffer the store hashes as a chunk."""
+    """Record the raw size of every chunk the store compresses and hashes."""
     sizes: list[int] = []
-    real = chunks_module._sha256
+    real = chunks_module._pack
 
-    def counting(data: memoryview) -> str:
-        sizes.append(data.nbytes)
-        return real(data)
+    def counting(piece: memoryview) -> tuple[bytes, str]:
+        sizes.append(piece.nbytes)
+        return real(piece)
 
-    monkeypatch.setattr(chunks_module, "_sha256", counting)
+    monkeypatch.setattr(chunks_module, "_pack", counting)
     return sizes
 
 
@@ -82,13 +83,14 @@ def test_a_chunked_tensor_is_stored_as_chunks_named_by_their_sha256(tmp_path: Pa
     assert [e["key"] for e in manifest] == ["ring"]
     entry = manifest[0]
     assert entry["dtype"] == "float32" and entry["shape"] == [ROWS, WIDTH]
-    assert entry["rows_per_chunk"] == CHUNK_BYTES // (WIDTH * 4)
+    assert entry["rows_per_chunk"] == CHUNK_BYTES // (WIDTH * 4) and entry["codec"] == "zstd"
     raw = ring.rows.numpy().tobytes()
     size = entry["rows_per_chunk"] * WIDTH * 4
-    for i, (digest, nbytes, stamp) in enumerate(entry["chunks"]):
+    for i, (digest, nbytes, stamp, stored) in enumerate(entry["chunks"]):
         piece = raw[i * size : (i + 1) * size]
-        assert nbytes == len(piece) and digest == hashlib.sha256(piece).hexdigest()
-        assert (models / CHUNKS_DIR / digest).read_bytes() == piece
+        data = (models / CHUNKS_DIR / digest).read_bytes()
+        assert digest == hashlib.sha256(data).hexdigest() and stored == len(data)
+        assert nbytes == len(piece) and zstandard.ZstdDecompressor().decompress(data) == piece
         assert stamp == max(ring.stamps[i * size // (PER_STAMP * WIDTH * 4) :][:8])
     assert read_json(models / "model_ep1.json")["chunked"] == manifest
     # The companion holds a placeholder only; the model file loads with torch.load alone.
@@ -135,6 +137,20 @@ def test_without_stamps_every_chunk_is_hashed_but_only_new_content_written(
     save(manager, 2, ring, stamped=False)
     assert len(sizes) == 10
     assert len(stored(models)) == 11
+
+
+def test_windowed_rows_are_stored_compressed(tmp_path: Path) -> None:
+    """Rows that are sliding windows of one series (a trading env's observations) repeat most
+    of their values: the chunks on disk are a fraction of the tensor."""
+    models = tmp_path / "run" / "models"
+    series = torch.randn(ROWS + WIDTH, generator=torch.Generator().manual_seed(1))
+    windows = series.unfold(0, WIDTH, 1)[:ROWS].contiguous()
+    state = {"windows": Chunked(windows)}
+    CheckpointManager(models).save(1, {}, {"metrics": {"total_profit": 0.0}}, training_state=state)
+    on_disk = sum(p.stat().st_size for p in (models / CHUNKS_DIR).iterdir())
+    assert on_disk < windows.nbytes / 4
+    _, training, _ = CheckpointManager(models).load(models / "model_ep1.pt")
+    assert training is not None and torch.equal(training["windows"], windows)
 
 
 def test_identical_chunks_are_stored_once(tmp_path: Path) -> None:
