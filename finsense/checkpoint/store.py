@@ -3,9 +3,10 @@
 Rules the store keeps:
 
 - A visible checkpoint is a complete one: every file is written to a temporary name in the same
-  directory (``.<name>.tmp-<pid>-<hex>``), fsynced and renamed; the JSON comes last. A crash at any
+  directory (``.<name>.tmp-<pid>-<hex>``), fsynced and renamed; the chunks of the training state
+  (:mod:`~finsense.checkpoint.chunks`) come first, the JSON that lists them last. A crash at any
   instant leaves the old set or the new one; what it leaves behind (temporary files, a ``.pt``
-  without its JSON) is cleaned up by the next scan.
+  without its JSON, chunks no JSON lists) is cleaned up by the next scan or save.
 - A checkpoint is data, never code: files are always read with ``torch.load(weights_only=True)``.
 - Nothing valid is deleted: rotation removes only old episodic checkpoints after a successful
   save; damaged files are renamed aside; ``best_model.*`` is never rotated away.
@@ -101,7 +102,8 @@ class CheckpointInfo:
         path: its model file (``models/model_ep10.pt``, ``models/best_model.pt``).
         metadata: its parsed JSON (caller's keys plus the store's: ``episode``, ``metrics``,
             ``is_best``, ``metric_name``, ``metric_value``, ``format_version``,
-            ``sha256``, ``size_bytes``, ``written_at``).
+            ``sha256``, ``size_bytes``, ``written_at``, and ``chunked``: the manifest of the
+            training state's chunked tensors, when it has any).
     """
 
     episode: int
