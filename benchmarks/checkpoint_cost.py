@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -197,9 +198,23 @@ def bench_scan(root: Path, repeats: int, episodes: int = 5000) -> list[tuple[str
     ]
 
 
-def fill_buffer(buffer: ReplayBuffer, gen: torch.Generator) -> None:
+def observations(n: int, obs_dim: int, gen: torch.Generator, windowed: bool) -> torch.Tensor:
+    """``n`` consecutive observations: random floats (incompressible, the worst case), or as the
+    trading env makes them (a window of the last ``obs_dim - 1`` returns and the position)."""
+    if not windowed:
+        return torch.randn(n, obs_dim, generator=gen)
+    returns = torch.randn(n + obs_dim, generator=gen) * 0.01
+    obs = torch.empty(n, obs_dim)
+    obs[:, :-1] = returns.unfold(0, obs_dim - 1, 1)[:n]
+    obs[:, -1] = torch.randint(0, 2, (n,), generator=gen).float()
+    return obs
+
+
+def fill_buffer(buffer: ReplayBuffer, gen: torch.Generator, windowed: bool) -> None:
     """Fill every row at once, as ``capacity`` calls of ``add`` would (stamps included)."""
-    buffer.observations.normal_(generator=gen)
+    obs = observations(buffer.capacity + 1, buffer.obs_dim, gen, windowed)
+    buffer.observations[0] = obs[:-1]
+    buffer.observations[1] = obs[1:]
     buffer.actions.random_(0, 3, generator=gen)
     buffer.rewards.normal_(generator=gen)
     buffer.dones.bernoulli_(0.004, generator=gen)
@@ -208,9 +223,9 @@ def fill_buffer(buffer: ReplayBuffer, gen: torch.Generator) -> None:
     buffer._stamps = [buffer.capacity] * len(buffer._stamps)
 
 
-def add_rows(buffer: ReplayBuffer, n: int, gen: torch.Generator) -> None:
+def add_rows(buffer: ReplayBuffer, n: int, gen: torch.Generator, windowed: bool) -> None:
     """``n`` real ``add`` calls with random transitions."""
-    obs = torch.randn(n + 1, buffer.obs_dim, generator=gen).numpy()
+    obs = observations(n + 1, buffer.obs_dim, gen, windowed).numpy()
     actions = torch.randint(0, 3, (n,), generator=gen).tolist()
     rewards = torch.randn(n, generator=gen).tolist()
     for i in range(n):
@@ -221,12 +236,14 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def bench_big_buffer(root: Path, rows: int, changed: int, repeats: int) -> list[str]:
+def bench_big_buffer(
+    root: Path, rows: int, changed: int, repeats: int, windowed: bool
+) -> list[str]:
     """The issue-14 figures: a big buffer, a few thousand rows changed between saves."""
     gen = torch.Generator().manual_seed(2)
     policy, training = dqn_state(gen)
     buffer = ReplayBuffer(rows, 31)
-    fill_buffer(buffer, gen)
+    fill_buffer(buffer, gen, windowed)
     one_buffer = sum(
         t.nbytes for t in (buffer.observations, buffer.actions, buffer.rewards, buffer.dones)
     )
@@ -262,7 +279,7 @@ def bench_big_buffer(root: Path, rows: int, changed: int, repeats: int) -> list[
     times: dict[str, list[float]] = {name: [] for name in sides}
     order = list(sides)
     for i in range(1, repeats + 1):
-        add_rows(buffer, changed, gen)
+        add_rows(buffer, changed, gen, windowed)
         for k in range(len(order)):
             name = order[(i + k) % len(order)]
             start = time.perf_counter()
@@ -288,8 +305,10 @@ def bench_big_buffer(root: Path, rows: int, changed: int, repeats: int) -> list[
         bare_load, resume(whole), resume(chunked), repeats=max(3, repeats // 3)
     )
     mb = one_buffer / 1e6
+    shutil.rmtree(work)
     return [
-        f"replay buffer: {rows:,} rows ({mb:.0f} MB), {changed:,} rows added between saves,"
+        f"replay buffer of {'windowed' if windowed else 'random'} observations: {rows:,} rows"
+        f" ({mb:.0f} MB), {changed:,} rows added between saves,"
         f" max_keep=5 (first chunked save: {first_ms:.0f} ms)",
         f"{'':<28} {'bare':>9} {'whole':>9} {'chunked':>9} {'chunked/bare':>12}",
         f"{'save (median)':<28} {save_ms['bare']:>7.0f}ms {save_ms['whole']:>7.0f}ms"
@@ -339,7 +358,13 @@ def main() -> None:
         root = Path(tmp)
         rows = bench_save_load(root, args.repeats)
         scan = bench_scan(root, args.repeats)
-        big = bench_big_buffer(root, args.buffer_rows, args.changed, args.repeats)
+        big = [
+            line
+            for windowed in (False, True)
+            for line in bench_big_buffer(
+                root, args.buffer_rows, args.changed, args.repeats, windowed
+            )
+        ]
         default = bench_default_run(root) if args.default_run else None
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, median of {args.repeats} runs")
     columns = {"bare": 9, "bare+fsync": 11, "FinSense": 9, "ratio": 6, "vs+fsync": 8}

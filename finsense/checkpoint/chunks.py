@@ -178,8 +178,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _map(fn: Callable[[_T], _R], items: list[_T], nbytes: int) -> list[_R]:
-    """``[fn(x) for x in items]``, in threads when there is much to do."""
-    if nbytes < _PARALLEL_BYTES or len(items) < 2:
+    """``[fn(x) for x in items]``, in threads when there is much to do (``nbytes`` of it; -1:
+    always, for work that waits on the disk rather than the CPU)."""
+    if 0 <= nbytes < _PARALLEL_BYTES or len(items) < 2:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(_WORKERS, len(items))) as pool:
         return list(pool.map(fn, items))
@@ -288,7 +289,8 @@ def write_chunks(
         return path
 
     try:
-        for path in _map(write, list(new.items()), sum(map(len, new.values()))):
+        # fsync() waits on the disk: several at once let it commit them together.
+        for path in _map(write, list(new.items()), -1):
             created.append(path)
         if new:
             _fsync_dir(chunks_dir)
