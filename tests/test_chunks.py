@@ -16,6 +16,7 @@ from finsense.checkpoint import CheckpointManager, read_json
 from finsense.checkpoint import chunks as chunks_module
 from finsense.checkpoint.chunks import CHUNK_BYTES, Chunked
 from finsense.checkpoint.layout import CHUNKS_DIR, is_chunk_name
+from finsense.errors import CheckpointError
 
 WIDTH = 32  # 128 bytes a row: 2,048 rows a chunk
 ROWS = 20_480  # 10 chunks
@@ -89,8 +90,11 @@ def test_a_chunked_tensor_is_stored_as_chunks_named_by_their_sha256(tmp_path: Pa
     for i, (digest, nbytes, stamp, stored) in enumerate(entry["chunks"]):
         piece = raw[i * size : (i + 1) * size]
         data = (models / CHUNKS_DIR / digest).read_bytes()
-        assert digest == hashlib.sha256(data).hexdigest() and stored == len(data)
-        assert nbytes == len(piece) and zstandard.ZstdDecompressor().decompress(data) == piece
+        assert digest == hashlib.sha256(data).hexdigest() and nbytes == len(piece)
+        if stored is None:  # random floats do not compress: stored raw
+            assert data == piece
+        else:  # the zeros the ring starts with
+            assert stored == len(data) and zstandard.ZstdDecompressor().decompress(data) == piece
         assert stamp == max(ring.stamps[i * size // (PER_STAMP * WIDTH * 4) :][:8])
     assert read_json(models / "model_ep1.json")["chunked"] == manifest
     # The companion holds a placeholder only; the model file loads with torch.load alone.
@@ -149,6 +153,8 @@ def test_windowed_rows_are_stored_compressed(tmp_path: Path) -> None:
     CheckpointManager(models).save(1, {}, {"metrics": {"total_profit": 0.0}}, training_state=state)
     on_disk = sum(p.stat().st_size for p in (models / CHUNKS_DIR).iterdir())
     assert on_disk < windows.nbytes / 4
+    rows = read_json(models / "model_ep1.json")["chunked"][0]["chunks"]
+    assert all(row[3] is not None for row in rows)  # every chunk compressed
     _, training, _ = CheckpointManager(models).load(models / "model_ep1.pt")
     assert training is not None and torch.equal(training["windows"], windows)
 
@@ -299,8 +305,6 @@ def test_a_chunked_tensor_in_the_model_file_is_refused(tmp_path: Path) -> None:
 def test_a_full_disk_while_writing_chunks_leaves_no_chunk_and_the_old_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finsense.errors import CheckpointError
-
     models = tmp_path / "run" / "models"
     manager = CheckpointManager(models)
     ring = Ring()
@@ -324,3 +328,16 @@ def test_a_full_disk_while_writing_chunks_leaves_no_chunk_and_the_old_checkpoint
     assert stored(models) == before
     assert manager.all_episodes() == [1]
     assert not [n for n in os.listdir(models / CHUNKS_DIR) if n.startswith(".")]
+
+
+def test_a_damaged_compressed_chunk_is_caught_by_its_checksum(tmp_path: Path) -> None:
+    models = tmp_path / "run" / "models"
+    info = save(CheckpointManager(models), 1, Ring())  # zeros: stored compressed
+    digest, _, _, stored = info.metadata["chunked"][0]["chunks"][0]
+    assert stored is not None
+    chunk = models / CHUNKS_DIR / digest
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{digest}: chunk checksum mismatch"):
+        CheckpointManager(models).load(models / "model_ep1.pt")

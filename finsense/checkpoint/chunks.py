@@ -63,6 +63,8 @@ PLACEHOLDER = "__finsense_chunked__"
 #: How chunks are stored (the manifest entry's ``codec``).
 CODEC = "zstd"
 _ZSTD_LEVEL = 1
+#: A chunk is stored compressed when that leaves at most this fraction of its bytes.
+_WORTH = 0.8
 _local = threading.local()  # one (de)compression context per thread: they are not thread-safe
 
 _T = TypeVar("_T")
@@ -204,10 +206,14 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def _pack(piece: memoryview) -> tuple[bytes, str]:
-    """The bytes to store for a chunk and their SHA-256 (its name)."""
-    stored = _compressor().compress(piece)
-    return stored, _sha256(stored)
+def _pack(piece: memoryview) -> tuple[bytes | memoryview, str, bool]:
+    """The bytes to store for a chunk, their SHA-256 (its name) and whether they are compressed:
+    only when that saves at least :data:`_WORTH` of the bytes (random floats are stored raw and
+    load at the speed of a read)."""
+    packed = _compressor().compress(piece)
+    if len(packed) <= _WORTH * piece.nbytes:
+        return packed, _sha256(packed), True
+    return piece, _sha256(piece), False
 
 
 def write_chunks(
@@ -257,7 +263,7 @@ def write_chunks(
         for i, signature in enumerate(_signatures(item, n_chunks, rows_per_chunk)):
             start = i * rows_per_chunk * row_bytes
             piece = data[start : min(start + rows_per_chunk * row_bytes, data.nbytes)]
-            # [digest, raw bytes, stamp signature, stored bytes]
+            # [digest, raw bytes, stamp signature, compressed bytes (None: stored raw)]
             row: list[Any] = [None, piece.nbytes, signature, None]
             if (
                 old is not None
@@ -274,14 +280,14 @@ def write_chunks(
         manifest.append(entry)
     pieces = [piece for _, piece in todo]
     total = sum(p.nbytes for p in pieces)
-    new: dict[str, bytes] = {}
-    for (row, _), (stored, digest) in zip(todo, _map(_pack, pieces, total), strict=True):
-        row[0], row[3] = digest, len(stored)
+    new: dict[str, bytes | memoryview] = {}
+    for (row, _), (stored, digest, packed) in zip(todo, _map(_pack, pieces, total), strict=True):
+        row[0], row[3] = digest, len(stored) if packed else None
         if digest not in present:
             new.setdefault(digest, stored)
     created: list[Path] = []
 
-    def write(pair: tuple[str, bytes]) -> Path:
+    def write(pair: tuple[str, bytes | memoryview]) -> Path:
         digest, stored = pair
         path = chunks_dir / digest
         tmp, _ = _write_tmp(path, stored)
@@ -331,7 +337,7 @@ def _check_entry(
             or not isinstance(row[0], str)
             or not is_chunk_name(row[0])
             or type(row[1]) is not int
-            or type(row[3]) is not int
+            or (row[3] is not None and type(row[3]) is not int)
         ):
             raise ValueError(f"manifest entry {entry.get('key')!r} lists a malformed chunk")
         listed.append((row[0], row[1], row[3]))
@@ -370,34 +376,40 @@ def read_chunked(manifest: Sequence[Any], directory: Path) -> list[torch.Tensor]
 
 
 def _read_one(job: tuple[Path, str, int | None, memoryview]) -> None:
-    """Read one stored chunk, check its SHA-256, decompress it into ``view`` (its place)."""
+    """Read one stored chunk into ``view`` (its place), decompressed, checking its SHA-256."""
     path, digest, stored, view = job
     try:
         with open(path, "rb", buffering=0) as f:
-            data = f.read()
+            if stored is None:  # stored raw: straight into place
+                got = f.readinto(view) or 0
+                longer = bool(f.read(1))
+            else:
+                data = f.read()
     except FileNotFoundError:
         raise ChunkError(path, "missing chunk") from None
     except OSError as exc:
         raise ChunkError(path, f"cannot read chunk ({_reason(exc)})", damaged=False) from None
-    if stored is not None and len(data) < stored:
+    if stored is None:
+        if got < view.nbytes:
+            raise ChunkError(path, f"truncated chunk ({got} of {view.nbytes} bytes)")
+        if longer:
+            raise ChunkError(path, f"chunk longer than the {view.nbytes} bytes listed")
+        if _sha256(view) != digest:
+            raise ChunkError(path, "chunk checksum mismatch")
+        return
+    if len(data) < stored:
         raise ChunkError(path, f"truncated chunk ({len(data)} of {stored} bytes)")
-    if stored is not None and len(data) > stored:
+    if len(data) > stored:
         raise ChunkError(path, f"chunk longer than the {stored} bytes listed")
     if _sha256(data) != digest:
         raise ChunkError(path, "chunk checksum mismatch")
-    try:
-        with _decompressor().stream_reader(data) as reader:
-            got = 0
-            while got < view.nbytes:
-                n = reader.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            extra = reader.read(1)
+    try:  # one call (it releases the GIL), then one copy into place
+        raw = _decompressor().decompress(data, max_output_size=view.nbytes)
     except zstandard.ZstdError as exc:  # the digest matched: written wrong, not damaged since
         raise ChunkError(path, f"chunk does not decompress ({exc})") from None
-    if got != view.nbytes or extra:
-        raise ChunkError(path, f"chunk holds {got} bytes, not the {view.nbytes} listed")
+    if len(raw) != view.nbytes:
+        raise ChunkError(path, f"chunk holds {len(raw)} bytes, not the {view.nbytes} listed")
+    view[:] = raw
 
 
 # -- garbage collection ----------------------------------------------------------------------

@@ -69,6 +69,8 @@ from finsense.lockfile import RunLock, _held_locks
 
 log = logging.getLogger(__name__)
 
+#: JSON keys written on one line (see :func:`~finsense.checkpoint.durable._json_bytes`).
+_COMPACT = ("chunked",)
 #: A read that fails while its files change under it (a running trainer saving, rotating or
 #: relinking ``best_model.*``) is tried this many times in all, 10, 20, 40... ms apart.
 _READ_ATTEMPTS = 6
@@ -421,9 +423,12 @@ class CheckpointManager:
                 "training": None if training_bytes is None else training_bytes.nbytes,
             }
             meta["written_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+            manifest = meta.pop("chunked", None)  # plain JSON values already; compact below
             meta = _jsonable(meta, "metadata")
+            if manifest is not None:
+                meta["chunked"] = manifest
             current = json_path
-            tmp_json, _ = _write_tmp(json_path, _json_bytes(meta))
+            tmp_json, _ = _write_tmp(json_path, _json_bytes(meta, _COMPACT))
             tmps.append(tmp_json)
 
             # An older checkpoint of this same episode stops counting before its files change.
@@ -471,7 +476,7 @@ class CheckpointManager:
         else:
             _remove_quietly(best_train)
         _fsync_dir(self.models_dir)
-        write_json_atomic(best_json, meta)
+        write_json_atomic(best_json, meta, compact=_COMPACT)
 
     def _rotate(self, keep: int) -> None:
         """Remove episodic checkpoints beyond the ``max_keep`` newest (never ``keep``)."""
