@@ -122,7 +122,8 @@ def _describe(result: EvalResult, run_dir: Path) -> str:
     if ex:
         lines.append(
             f"Every policy fills at {ex['model']}, fee {100 * ex['fee']:g}% + slippage "
-            f"{ex['slippage_bps']:g} bps a trade, borrow {100 * ex['borrow_rate']:g}% a year on shorts"
+            f"{ex['slippage_bps']:g} bps a trade, borrow {100 * ex['borrow_rate']:g}% a year "
+            "on shorts"
         )
     return "\n".join(lines)
 
