@@ -3,8 +3,10 @@
 All three trade the shipped GOOGL sample (2,335 daily closes) with a window of 30 and the same
 pre-generated random actions (``action_space.sample()`` alone costs more than a step):
 
-- ``numpy floor``: the same accounting and the same observation copy as ``TradingEnv.step``, as a
-  plain loop with local variables: no env object, no info dict, no history. The speed limit.
+- ``numpy floor``: the same accounting (the default ``execution=next_close``: mark, borrow on a
+  short, then fill at the close, with fee and slippage) and the same observation copy as
+  ``TradingEnv.step``, as a plain loop with local variables: no env object, no info dict, no
+  history. The speed limit.
 - ``finsense``: ``TradingEnv`` unwrapped, one episode over every row (``split="all"``), like the
   peer; also ``gymnasium.make`` (with its wrappers) and the default config's 252-step episodes.
 - ``gym-anytrading stocks-v0``: unwrapped, window 30, when the package is installed.
@@ -53,23 +55,26 @@ def time_numpy_floor(env: TradingEnv, actions: list[int]) -> float:
     tables = [table for _, table in env._actions.values()]
     positions = [position for position, _ in env._actions.values()]
     end = env.episode_length
-    fee, log = env.fee, math.log
+    cost, borrow = env.trade_cost, env.borrow_rate / 252
+    log = math.log
     started = time.perf_counter()
     t, cash, units, position, equity = 0, env.initial_cash, 0.0, 0, env.initial_cash
     for action in actions:
         target = positions[action]
-        if target != position:
-            price = close[t]
+        t += 1
+        price = close[t]
+        if units < 0.0:
+            cash += borrow * units * price
+        if target != position and t != end:
             if units != 0.0:
                 notional = units * price
-                cash += notional - fee * abs(notional)
+                cash += notional - cost * abs(notional)
                 units = 0.0
             if target != 0:
-                size = cash / (1.0 + fee)
+                size = cash / (1.0 + cost)
                 units = target * size / price
-                cash -= target * size + fee * size
+                cash -= target * size + cost * size
             position = target
-        t += 1
         new_equity = cash + units * close[t]
         _reward = log(new_equity / equity)
         equity = new_equity

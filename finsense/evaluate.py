@@ -1,8 +1,11 @@
-"""``python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] [checkpoint=...] [seeds=N]``.
+"""``python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] [checkpoint=...] [seeds=N] [ma_short=N]
+[ma_long=N]``.
 
 Runs the greedy policy of a run's checkpoint on the run's held-out test split and prints it side
-by side with buy-and-hold and a random policy; writes ``RUN_DIR/eval/test_metrics.json`` and
-``RUN_DIR/eval/equity.csv`` (see :mod:`finsense.evaluation`).
+by side with buy-and-hold, a momentum rule, a moving-average crossover (``ma_short``/``ma_long``
+rows) and a random policy, all traded under the run's execution model and costs; writes
+``RUN_DIR/eval/test_metrics.json`` and ``RUN_DIR/eval/equity.csv`` (see
+:mod:`finsense.evaluation`).
 
 The run is RUN_DIR, or the one the train command with the same overrides uses
 (``python -m finsense.evaluate seed=1 env=googl``), or with neither the default run,
@@ -22,8 +25,11 @@ from typing import Any
 from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.evaluation import (
+    DEFAULT_MA_WINDOWS,
+    RULES,
     TABLE_METRICS,
     EvalResult,
+    check_ma_windows,
     is_trading_run,
     load_run_config,
     run_episode_evaluation,
@@ -39,6 +45,12 @@ OPTIONS: dict[str, Option] = {
         "best", "best|latest|PATH", "which checkpoint: the best model, the newest, or a file"
     ),
     "seeds": Option("10", "N", "random-policy seeds"),
+    "ma_short": Option(
+        str(DEFAULT_MA_WINDOWS[0]), "N", "the crossover rule's short moving average, in rows"
+    ),
+    "ma_long": Option(
+        str(DEFAULT_MA_WINDOWS[1]), "N", "the crossover rule's long moving average, in rows"
+    ),
     "episodes": Option("20", "N", "greedy episodes, for a run on a non-trading env (CartPole)"),
 }
 
@@ -57,18 +69,34 @@ def _format(metric: str, value: Any) -> str:
     return f"{value:.3f}"
 
 
+def rule_heading(rule: str, ma_windows: tuple[int, int]) -> str:
+    """A rule's column heading: ``momentum``, ``MA 10/50``."""
+    if rule == "ma_crossover":
+        return f"MA {ma_windows[0]}/{ma_windows[1]}"
+    return rule
+
+
+def _rule_cell(result: EvalResult, rule: str, metric: str) -> str:
+    scored = result.rules.get(rule)
+    return "skipped" if scored is None else _format(metric, scored[metric])
+
+
 def format_table(result: EvalResult) -> str:
-    """The side-by-side table: one row per metric, columns agent | buy & hold | random."""
+    """The side-by-side table: one row per metric, columns agent | buy & hold | the rules |
+    random (a skipped rule shows ``skipped``)."""
     random_head = f"random (mean ± std, {result.random_seeds} seeds)"
-    header = ("metric", "agent", "buy & hold", random_head)
+    rule_heads = tuple(rule_heading(rule, result.ma_windows) for rule in RULES)
+    header = ("metric", "agent", "buy & hold", *rule_heads, random_head)
     rows = [header]
     for metric in TABLE_METRICS:
         spread = result.random[metric]
+        rule_cells = tuple(_rule_cell(result, rule, metric) for rule in RULES)
         rows.append(
             (
                 metric,
                 _format(metric, result.agent[metric]),
                 _format(metric, result.buy_and_hold[metric]),
+                *rule_cells,
                 f"{_format(metric, spread['mean'])} ± {_format(metric, spread['std'])}",
             )
         )
@@ -86,10 +114,18 @@ def _describe(result: EvalResult, run_dir: Path) -> str:
     period = result.to_json(run_dir)["period"]
     where = result.to_json(run_dir)["checkpoint"]
     episode = "" if result.episode is None else f" (episode {result.episode})"
-    return (
+    lines = [
         f"Test split {period['start']} to {period['end']} ({period['steps']} steps), "
         f"checkpoint {where}{episode}"
-    )
+    ]
+    ex = result.execution
+    if ex:
+        lines.append(
+            f"Every policy fills at {ex['model']}, fee {100 * ex['fee']:g}% + slippage "
+            f"{ex['slippage_bps']:g} bps a trade, borrow {100 * ex['borrow_rate']:g}% a year "
+            "on shorts"
+        )
+    return "\n".join(lines)
 
 
 @quiet_on_closed_stdout
@@ -98,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(
         PROG,
         "Evaluate a run's checkpoint on its held-out test split, side by side with "
-        "buy-and-hold and a random policy.",
+        "buy-and-hold, a momentum rule, a moving-average crossover and a random policy.",
         OPTIONS,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -111,17 +147,34 @@ def main(argv: list[str] | None = None) -> int:
             seeds = 0
         if seeds < 1:
             raise FinSenseError(f"seeds={options['seeds']}: must be an integer >= 1")
+        ma_windows = _ma_windows(options)
         run_dir = args.find()
         if not is_trading_run(load_run_config(run_dir)):
             return _evaluate_episodes(run_dir, options)
-        result = run_evaluation(run_dir, options["checkpoint"], seeds_random=seeds)
+        result = run_evaluation(
+            run_dir, options["checkpoint"], seeds_random=seeds, ma_windows=ma_windows
+        )
     except FinSenseError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
     print(_describe(result, run_dir))
     print(format_table(result))
+    for note in result.notes:
+        print(f"note: {note}")
     print(f"Wrote {run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
     return 0
+
+
+def _ma_windows(options: dict[str, str]) -> tuple[int, int]:
+    """``(ma_short, ma_long)`` from the options, checked (FinSenseError naming both)."""
+    try:
+        windows = (int(options["ma_short"]), int(options["ma_long"]))
+    except ValueError:
+        raise FinSenseError(
+            f"ma_short={options['ma_short']} ma_long={options['ma_long']}: must be integers "
+            "with 1 <= ma_short < ma_long (e.g. ma_short=10 ma_long=50)"
+        ) from None
+    return check_ma_windows(windows)
 
 
 def _evaluate_episodes(run_dir: Path, options: dict[str, str]) -> int:

@@ -1,22 +1,36 @@
-"""Out-of-sample evaluation: the greedy policy against buy-and-hold and a random policy.
+"""Out-of-sample evaluation: the greedy policy against buy-and-hold, chance and two simple rules.
 
 Every number comes from :func:`finsense.metrics.episode_metrics` on one episode over the whole
-test split (``split="test"``, ``episode_length=None``, ``random_start=False``): the agent acts
-greedily (argmax of its Q-values), buy-and-hold buys at the first test close with all the cash
-(entry fee paid, as the env would) and holds, and the random policy draws uniform actions with
-seeds ``0 .. seeds_random - 1``.
+test split (``split="test"``, ``episode_length=None``, ``random_start=False``), and every policy,
+baselines included, trades through the same env: the run's execution model (``env.execution``),
+fee, slippage and borrow cost. The policies:
+
+- ``agent``: greedy (argmax of its Q-values, or its most probable action).
+- ``buy_and_hold``: long from the first decision on (filled where the execution model fills it).
+- ``random``: uniform random actions, seeds ``0 .. seeds_random - 1``.
+- ``momentum``: long after an up close, short after a down close when shorting is allowed (else
+  flat), flat after an unchanged close (:func:`momentum_signal`).
+- ``ma_crossover``: long while the mean of the last ``ma_short`` closes is above the mean of the
+  last ``ma_long``, short (when allowed; else flat) while it is below (:func:`ma_crossover_signal`).
+  Its averages may reach back into the training rows before the first test row (prices known by
+  then, as the observation's window does); it is skipped, with a note, when the test split is
+  shorter than ``ma_long`` rows or too few rows precede it.
 
 Files written by :func:`run_evaluation` into ``RUN_DIR/eval/``:
 
-- ``test_metrics.json``: ``agent`` and ``buy_and_hold`` (metrics dicts, keys of
-  :func:`finsense.metrics.episode_metrics`), ``random`` (``{metric: {"mean": m, "std": s}}``,
-  ``std`` over seeds with ``ddof=1``, 0.0 for one seed), ``random_seeds``, ``episode`` (the
-  checkpoint's training episode), ``checkpoint`` (its path, relative to the run directory when it
-  lies inside it) and ``period`` (``start``/``end`` dates and ``steps`` of the test episode).
-  Non-finite numbers are written as ``null`` so the file is strict JSON.
+- ``test_metrics.json``: ``agent``, ``buy_and_hold``, ``momentum`` and ``ma_crossover`` (metrics
+  dicts, keys of :func:`finsense.metrics.episode_metrics`; a skipped rule is ``null``),
+  ``random`` (``{metric: {"mean": m, "std": s}}``, ``std`` over seeds with ``ddof=1``, 0.0 for
+  one seed), ``random_seeds``, ``ma_windows`` (``short``, ``long``), ``execution`` (``model``,
+  ``fee``, ``slippage_bps``, ``borrow_rate``), ``notes`` (why a baseline was skipped), ``episode``
+  (the checkpoint's training episode), ``checkpoint`` (its path, relative to the run directory
+  when it lies inside it) and ``period`` (``start``/``end`` dates and ``steps`` of the test
+  episode). Non-finite numbers are written as ``null`` so the file is strict JSON.
 - ``equity.csv``: one row per test row: ``date`` (ISO), ``agent_equity``,
-  ``buy_and_hold_equity`` (currency) and ``position`` (the agent's position held from the
-  previous row to this one, -1/0/1 as in :mod:`finsense.metrics`; 0 on the first row).
+  ``buy_and_hold_equity`` (currency), ``position`` (the agent's position held from the
+  previous row to this one, -1/0/1 as in :mod:`finsense.metrics`; 0 on the first row), then
+  ``momentum_equity`` and ``ma_crossover_equity`` (empty for a skipped rule), and
+  ``random_equity_mean`` and ``random_equity_std`` (over the random policies' seeds).
 """
 
 from __future__ import annotations
@@ -27,14 +41,13 @@ import io
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from finsense import metrics
 from finsense.agents import DQNAgent, greedy_action
 from finsense.checkpoint import (
     CheckpointInfo,
@@ -61,7 +74,14 @@ TABLE_METRICS: tuple[str, ...] = (
 EVAL_DIR = "eval"
 METRICS_FILE = "test_metrics.json"
 EQUITY_FILE = "equity.csv"
+#: The rule baselines, in the order they are shown.
+RULES: tuple[str, ...] = ("momentum", "ma_crossover")
+#: The moving-average crossover's default windows (short, long), in rows (trading days).
+DEFAULT_MA_WINDOWS: tuple[int, int] = (10, 50)
+#: The columns every ``equity.csv`` has; files written before the rules lack the rules' columns.
 EQUITY_COLUMNS: tuple[str, ...] = ("date", "agent_equity", "buy_and_hold_equity", "position")
+RULE_COLUMNS: tuple[str, ...] = tuple(f"{rule}_equity" for rule in RULES)
+RANDOM_COLUMNS: tuple[str, ...] = ("random_equity_mean", "random_equity_std")
 #: Env keys an evaluation always overrides: the whole test split, from its first row.
 TEST_OVERRIDES: dict[str, Any] = {"split": "test", "episode_length": None, "random_start": False}
 #: ``checkpoint=`` values that are not paths.
@@ -78,6 +98,10 @@ class EquityCurve:
         agent_equity: the greedy agent's equity after each row (currency).
         buy_and_hold_equity: buy-and-hold's equity after each row (currency).
         positions: the agent's position held from the previous row to this one (-1, 0, 1).
+        rules: each rule baseline's equity after each row, by name (:data:`RULES`); a skipped
+            rule is absent.
+        random_mean: the random policies' mean equity after each row (None when not stored).
+        random_std: their standard deviation (``ddof=1``; 0.0 for one seed) after each row.
     """
 
     dates: np.ndarray
@@ -85,6 +109,9 @@ class EquityCurve:
     agent_equity: np.ndarray
     buy_and_hold_equity: np.ndarray
     positions: np.ndarray
+    rules: Mapping[str, np.ndarray] = field(default_factory=dict)
+    random_mean: np.ndarray | None = None
+    random_std: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,13 +120,18 @@ class EvalResult:
 
     Attributes:
         agent: the greedy policy's metrics (keys of :func:`finsense.metrics.episode_metrics`).
-        buy_and_hold: the same metrics for buying at the first test close and holding.
+        buy_and_hold: the same metrics for going long at the first decision and holding.
         random: ``{metric: {"mean": m, "std": s}}`` over ``random_seeds`` uniform random policies
             (``std`` with ``ddof=1``; 0.0 for a single seed).
         random_seeds: how many random-policy seeds were run.
-        curve: the agent's and buy-and-hold's equity row by row.
+        curve: the agent's and the baselines' equity row by row.
         episode: the training episode of the evaluated checkpoint (None when not from one).
         checkpoint: the checkpoint file evaluated (None when not from one).
+        rules: each rule baseline's metrics by name (:data:`RULES`), None where it was skipped.
+        ma_windows: the moving-average crossover's (short, long) windows.
+        execution: the env's ``execution``, ``fee``, ``slippage_bps`` and ``borrow_rate`` every
+            policy traded under (``model`` for the execution).
+        notes: one line per baseline skipped, saying why.
     """
 
     agent: dict[str, Any]
@@ -109,6 +141,10 @@ class EvalResult:
     curve: EquityCurve
     episode: int | None = None
     checkpoint: Path | None = None
+    rules: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+    ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS
+    execution: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def to_json(self, run_dir: Path | None = None) -> dict[str, Any]:
         """The content of ``test_metrics.json`` (paths relative to ``run_dir`` when inside it)."""
@@ -118,11 +154,19 @@ class EvalResult:
                 relative_to_run(self.checkpoint, run_dir) if run_dir else str(self.checkpoint)
             )
         dates = self.curve.dates
+        rules = {
+            rule: None if self.rules.get(rule) is None else dict(self.rules[rule] or {})
+            for rule in RULES
+        }
         return {
             "agent": dict(self.agent),
             "buy_and_hold": dict(self.buy_and_hold),
+            **rules,
             "random": {k: dict(v) for k, v in self.random.items()},
             "random_seeds": self.random_seeds,
+            "ma_windows": {"short": self.ma_windows[0], "long": self.ma_windows[1]},
+            "execution": dict(self.execution),
+            "notes": list(self.notes),
             "episode": self.episode,
             "checkpoint": checkpoint,
             "period": {
@@ -138,8 +182,8 @@ def eval_env_kwargs(env_config: Mapping[str, Any]) -> dict[str, Any]:
     """TradingEnv keyword arguments for the whole test split, from a run config's ``env`` section.
 
     ``split``, ``episode_length`` and ``random_start`` are replaced by :data:`TEST_OVERRIDES`;
-    every other key (``data``, ``window_size``, ``fee``, ...) is kept, so the test episode sees
-    the same market, features and costs as training.
+    every other key (``data``, ``window_size``, ``fee``, ``execution``, ...) is kept, so the test
+    episode sees the same market, features, fills and costs as training.
     """
     kwargs = {k: v for k, v in dict(env_config).items() if not str(k).startswith("_")}
     return {**kwargs, **TEST_OVERRIDES}
@@ -173,18 +217,70 @@ def random_actor(n_actions: int, seed: int) -> Callable[[np.ndarray], int]:
     return lambda obs: int(rng.integers(n_actions))
 
 
-def buy_and_hold_metrics(
-    close: np.ndarray, initial_cash: float, fee: float
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Buy-and-hold over ``close``: its equity curve and its metrics, as the env would account them.
+def momentum_signal(close: np.ndarray, allow_short: bool) -> np.ndarray:
+    """The momentum rule's target position at each row's close: 1 after an up close (``close[t] >
+    close[t - 1]``), -1 after a down close (0 unless ``allow_short``), 0 after an unchanged one
+    and on row 0. Row ``t`` reads no close after ``close[t]``."""
+    px = np.asarray(close, dtype=np.float64)
+    signal = np.zeros(px.size, dtype=np.int64)
+    signal[1:] = np.sign(px[1:] - px[:-1]).astype(np.int64)
+    return signal if allow_short else np.maximum(signal, 0)
 
-    Positions are flat on the first row and long after it (one trade, still open at the end, so
-    its ``win_rate`` is 0.0 by the convention of :func:`finsense.metrics.win_rate`).
+
+def ma_crossover_signal(close: np.ndarray, short: int, long: int, allow_short: bool) -> np.ndarray:
+    """The moving-average crossover's target position at each row's close.
+
+    ``ma_w[t]`` is the mean of ``close[t - w + 1 .. t]``. The target is 1 while ``ma_short >
+    ma_long``, -1 while it is below (0 unless ``allow_short``), 0 on equality and on the first
+    ``long - 1`` rows (no long average yet). Row ``t`` reads no close after ``close[t]``.
     """
-    equity = metrics.buy_and_hold(close, initial_cash=initial_cash, fee=fee)
-    positions = np.ones(len(close), dtype=np.int64)
-    positions[:1] = 0
-    return equity, metrics.episode_metrics(equity, positions, close, fee=fee)
+    px = np.asarray(close, dtype=np.float64)
+    signal = np.zeros(px.size, dtype=np.int64)
+    if px.size < long:
+        return signal
+    sums = np.concatenate(([0.0], np.cumsum(px)))
+    ma_short = (sums[long:] - sums[long - short : px.size + 1 - short]) / short
+    ma_long = (sums[long:] - sums[: px.size + 1 - long]) / long
+    signal[long - 1 :] = np.sign(ma_short - ma_long).astype(np.int64)
+    return signal if allow_short else np.maximum(signal, 0)
+
+
+def signal_actor(env: TradingEnv, signal: np.ndarray) -> Callable[[np.ndarray], int]:
+    """``act(observation) -> the action of ``signal[env.row]``: a rule's target position per data
+    row (-1, 0, 1), read at the row the env is deciding at."""
+    positions = (-1, 0, 1) if env.allow_short else (0, 1)
+    action_of = {position: action for action, position in enumerate(positions)}
+    actions = [action_of[int(position)] for position in signal]
+    return lambda obs: actions[env.row]
+
+
+def check_ma_windows(ma_windows: tuple[int, int]) -> tuple[int, int]:
+    """``(short, long)`` as ints; FinSenseError unless ``1 <= short < long``."""
+    short, long = ma_windows
+    if not (isinstance(short, int) and isinstance(long, int) and 1 <= short < long):
+        raise FinSenseError(
+            f"ma_short={short} ma_long={long}: the moving averages need integers with "
+            "1 <= ma_short < ma_long (e.g. ma_short=10 ma_long=50)"
+        )
+    return short, long
+
+
+def _ma_skip_note(env: TradingEnv, short: int, long: int) -> str | None:
+    """Why the crossover cannot be scored on ``env``'s split, or None when it can."""
+    low, high = env.split_rows
+    first_decision = max(low, env.window_size)
+    if high - low < long:
+        return (
+            f"ma_crossover skipped: the test split has {high - low} rows, fewer than the long "
+            f"window ma_long={long}; lower ma_long (and ma_short={short}) or raise "
+            "env.data.test_fraction"
+        )
+    if first_decision + 1 < long:
+        return (
+            f"ma_crossover skipped: only {first_decision + 1} rows up to the first test decision, "
+            f"fewer than the long window ma_long={long}; lower ma_long"
+        )
+    return None
 
 
 def _mean_std(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -211,9 +307,13 @@ def _greedy_history(
 
 
 def evaluate_policy(
-    policy: Policy, env_kwargs: Mapping[str, Any], *, seeds_random: int = 10
+    policy: Policy,
+    env_kwargs: Mapping[str, Any],
+    *,
+    seeds_random: int = 10,
+    ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS,
 ) -> EvalResult:
-    """Evaluate the greedy policy of ``policy`` on the whole test split.
+    """Evaluate the greedy policy of ``policy`` on the whole test split, beside the baselines.
 
     Args:
         policy: a Q-network mapping observations ``float32 (batch, obs_dim)`` to Q-values
@@ -223,35 +323,78 @@ def evaluate_policy(
             ``split``, ``episode_length`` and ``random_start`` are overridden (see
             :func:`eval_env_kwargs`).
         seeds_random: how many random-policy episodes (seeds ``0 .. seeds_random - 1``), >= 1.
+        ma_windows: the moving-average crossover's (short, long) windows, ``1 <= short < long``.
 
     Returns:
-        The agent's, buy-and-hold's and the random policy's metrics over the same test rows.
+        The agent's, buy-and-hold's, the random policy's and the rules' metrics over the same
+        test rows, each run through the same env (execution model and costs).
+
+    Raises:
+        FinSenseError: ``ma_windows`` out of range.
     """
     if seeds_random < 1:
         raise ValueError(f"seeds_random must be >= 1, got {seeds_random}")
+    short, long = check_ma_windows(ma_windows)
     env = TradingEnv(**eval_env_kwargs(env_kwargs))
     history, agent = _greedy_history(policy, env)
-    hold_equity, hold = buy_and_hold_metrics(history["close"], env.initial_cash, env.fee)
+    long_action = int(env.action_space.n) - 1
+    hold_history = run_episode(env, lambda obs: long_action)
+    hold = env.episode_metrics()
     n_actions = int(env.action_space.n)
-    random_runs = []
+    random_runs, random_curves = [], []
     for seed in range(seeds_random):
-        run_episode(env, random_actor(n_actions, seed))
+        random_curves.append(run_episode(env, random_actor(n_actions, seed))["equity"])
         random_runs.append(env.episode_metrics())
+    random_equity = np.stack(random_curves)
+    ddof = 1 if seeds_random >= 2 else 0  # one seed: a spread of 0.0, as in the metrics
+
+    signals = {"momentum": momentum_signal(env.data.close, env.allow_short)}
+    notes = []
+    skip = _ma_skip_note(env, short, long)
+    if skip is None:
+        signals["ma_crossover"] = ma_crossover_signal(env.data.close, short, long, env.allow_short)
+    else:
+        notes.append(skip)
+    rules: dict[str, dict[str, Any] | None] = dict.fromkeys(RULES)
+    rule_equity: dict[str, np.ndarray] = {}
+    for rule, signal in signals.items():
+        rule_equity[rule] = run_episode(env, signal_actor(env, signal))["equity"]
+        rules[rule] = env.episode_metrics()
+
     curve = EquityCurve(
         dates=history["dates"],
         close=history["close"],
         agent_equity=history["equity"],
-        buy_and_hold_equity=hold_equity,
+        buy_and_hold_equity=hold_history["equity"],
         positions=history["positions"],
+        rules=rule_equity,
+        random_mean=random_equity.mean(axis=0),
+        random_std=random_equity.std(axis=0, ddof=ddof),
     )
-    return EvalResult(agent, hold, _mean_std(random_runs), seeds_random, curve)
+    execution = {
+        "model": env.execution,
+        "fee": env.fee,
+        "slippage_bps": env.slippage_bps,
+        "borrow_rate": env.borrow_rate,
+    }
+    return EvalResult(
+        agent,
+        hold,
+        _mean_std(random_runs),
+        seeds_random,
+        curve,
+        rules=rules,
+        ma_windows=(short, long),
+        execution=execution,
+        notes=tuple(notes),
+    )
 
 
 def test_metrics(policy: Policy, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
     """The greedy policy's test-split metrics with a ``test_`` prefix (``test_sharpe_ratio``, ...).
 
     For the trainer's ``eval_every`` hook: one greedy episode over the whole test split (no
-    buy-and-hold, no random policy). ``env_kwargs`` as in :func:`evaluate_policy`.
+    baselines). ``env_kwargs`` as in :func:`evaluate_policy`.
     """
     env = TradingEnv(**eval_env_kwargs(env_kwargs))
     _, agent = _greedy_history(policy, env)
@@ -369,7 +512,11 @@ def select_checkpoint(
 
 
 def run_evaluation(
-    run_dir: str | Path, checkpoint: str | Path = "best", *, seeds_random: int = 10
+    run_dir: str | Path,
+    checkpoint: str | Path = "best",
+    *,
+    seeds_random: int = 10,
+    ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS,
 ) -> EvalResult:
     """Evaluate a run's checkpoint on its test split; write ``eval/test_metrics.json`` and
     ``eval/equity.csv`` (see the module docstring) and return the result.
@@ -380,18 +527,22 @@ def run_evaluation(
             ``latest``, or a path to a ``.pt`` file (absolute, relative to the current directory,
             to ``run_dir`` or to ``run_dir/models``).
         seeds_random: random-policy seeds.
+        ma_windows: the moving-average crossover's (short, long) windows.
 
     Raises:
         FinSenseError: the run directory, its config, its data or its checkpoint is missing or
             damaged (CheckpointError for checkpoints); the message says which and what to do.
     """
     run_dir = Path(run_dir)
+    check_ma_windows(ma_windows)
     config = load_run_config(run_dir)
     env_kwargs = run_env_kwargs(run_dir, config)
     manager, selected = select_checkpoint(run_dir, config, checkpoint)
     q_network, metadata, path = load_policy_network(manager, selected)
 
-    result = evaluate_policy(q_network, env_kwargs, seeds_random=seeds_random)
+    result = evaluate_policy(
+        q_network, env_kwargs, seeds_random=seeds_random, ma_windows=ma_windows
+    )
     episode = metadata.get("episode")
     result = replace(
         result,
@@ -516,15 +667,21 @@ def write_results(result: EvalResult, run_dir: Path) -> tuple[Path, Path]:
     curve = result.curve
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(EQUITY_COLUMNS)
-    for date, agent, hold, position in zip(
+    writer.writerow(EQUITY_COLUMNS + RULE_COLUMNS + RANDOM_COLUMNS)
+    optional = [curve.rules.get(rule) for rule in RULES] + [curve.random_mean, curve.random_std]
+    empty = [""] * len(curve.dates)
+    extra_columns = [empty if v is None else [repr(float(x)) for x in v] for v in optional]
+    for date, agent, hold, position, *extra in zip(
         curve.dates,
         curve.agent_equity,
         curve.buy_and_hold_equity,
         curve.positions,
+        *extra_columns,
         strict=True,
     ):
-        writer.writerow([_iso_date(date), repr(float(agent)), repr(float(hold)), int(position)])
+        writer.writerow(
+            [_iso_date(date), repr(float(agent)), repr(float(hold)), int(position), *extra]
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(metrics_path, result.to_json(run_dir))
@@ -539,7 +696,11 @@ def write_results(result: EvalResult, run_dir: Path) -> tuple[Path, Path]:
 
 
 def read_equity(path: Path) -> EquityCurve:
-    """Read an ``equity.csv`` written by :func:`write_results` (``close`` is not stored: NaN)."""
+    """Read an ``equity.csv`` written by :func:`write_results` (``close`` is not stored: NaN).
+
+    A rule whose column is missing (a file written before the rules) or empty (skipped) is left
+    out of ``rules``; missing random columns leave ``random_mean`` and ``random_std`` None.
+    """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in EQUITY_COLUMNS if c not in (reader.fieldnames or [])]
@@ -550,12 +711,25 @@ def read_equity(path: Path) -> EquityCurve:
             )
         rows = list(reader)
     try:
+        optional = {
+            column: np.asarray([float(r[column]) for r in rows])
+            for column in RULE_COLUMNS + RANDOM_COLUMNS
+            if rows and all(r.get(column) for r in rows)
+        }
+        rules = {
+            rule: optional[column]
+            for rule, column in zip(RULES, RULE_COLUMNS, strict=True)
+            if column in optional
+        }
         return EquityCurve(
             dates=np.asarray([r["date"] for r in rows], dtype="datetime64[ns]"),
             close=np.full(len(rows), math.nan),
             agent_equity=np.asarray([float(r["agent_equity"]) for r in rows]),
             buy_and_hold_equity=np.asarray([float(r["buy_and_hold_equity"]) for r in rows]),
             positions=np.asarray([int(r["position"]) for r in rows], dtype=np.int64),
+            rules=rules,
+            random_mean=optional.get(RANDOM_COLUMNS[0]),
+            random_std=optional.get(RANDOM_COLUMNS[1]),
         )
     except (TypeError, ValueError) as exc:
         raise FinSenseError(

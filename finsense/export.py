@@ -227,24 +227,48 @@ def _observation_spec(env: TradingEnv) -> dict[str, Any]:
     }
 
 
-def _execution_spec(env: TradingEnv) -> dict[str, Any]:
-    return {
-        "fill": "at the current close: the very close whose return is the last return input "
+#: ``execution.fill`` and ``execution.plainly`` of policy.json, by ``env.execution``.
+_FILLS: dict[str, tuple[str, str]] = {
+    "next_close": (
+        "at the next close: the order chosen on the observation whose last return ends at "
+        "close_t fills at close_(t+1)",
+        "The backtest waited one close: a live order placed after close_t fills at the next "
+        "close at the earliest (a market-on-close order the next day), as the env assumed.",
+    ),
+    "next_open": (
+        "at the next open: the order chosen on the observation whose last return ends at close_t "
+        "fills at open_(t+1)",
+        "The backtest filled at the next day's open, the earliest a live order placed after "
+        "close_t can fill (a market-on-open order).",
+    ),
+    "close": (
+        "at the current close: the very close whose return is the last return input "
         "(index window_size - 1) of the observation the action was chosen on",
-        "plainly": (
-            "FinSense's env fills the trade at the close the signal saw, with no delay and no "
-            "slippage beyond the fee. Live, a close is known only once it is printed, so the "
-            "earliest real fill is later (the next open or close); expect worse results than "
-            "the backtest's where prices move between the signal and the fill."
-        ),
-        "holding": "the position is held until the next close, where the next action is chosen; "
-        "holding does not rebalance (the units stay fixed while the price moves)",
+        "This policy was trained and scored filling at the close the signal saw, with no "
+        "delay. Live, a close is known only once it is printed, so the earliest real fill is "
+        "later (the next open or close); expect worse results than the backtest's where prices "
+        "move between the signal and the fill.",
+    ),
+}
+
+
+def _execution_spec(env: TradingEnv) -> dict[str, Any]:
+    fill, plainly = _FILLS[env.execution]
+    return {
+        "model": env.execution,
+        "fill": fill,
+        "plainly": plainly,
+        "holding": "the position is held until the next fill; holding does not rebalance (the "
+        "units stay fixed while the price moves)",
         "trade": (
             "only when the position changes: the old position is closed, then the new one "
-            "opened with all equity E (notional E / (1 + fee)); each leg pays fee times its "
-            "notional"
+            "opened with all equity E (notional E / (1 + cost)); each leg pays cost = fee + "
+            "slippage_bps / 10000 times its notional; a short pays borrow_rate / 252 of its "
+            "notional per day held"
         ),
         "fee": env.fee,
+        "slippage_bps": env.slippage_bps,
+        "borrow_rate": env.borrow_rate,
         "reward": env.reward_name,
         "allow_short": env.allow_short,
     }

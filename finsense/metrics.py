@@ -8,6 +8,10 @@ Conventions shared by every function here:
 - ``positions[k]`` is the position held from row ``k - 1`` to row ``k``: the one that produced
   ``equity[k]``. ``positions[0]`` is the position before the first step (flat in the env).
   Positive is long, negative is short, 0 is flat; the size does not matter to these metrics.
+- Trade prices (``win_rate``): ``prices[k - 1]`` is the price the trade into ``positions[k]``
+  was filled at, and ``prices[-1]`` values a position still open at the end. With fills at the
+  close these are the closes themselves; the env passes its fill prices where they differ
+  (``env.execution=next_open``).
 - Returns are simple per-period returns ``equity[k] / equity[k - 1] - 1``.
 - Degenerate inputs (empty, length 1, constant) give a defined value, documented per function;
   no function here raises on them. NaN in gives NaN out where it cannot be avoided.
@@ -120,26 +124,34 @@ def total_trades(positions: ArrayLike) -> int:
 def _round_trips(
     positions: NDArray[np.float64], prices: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Direction, entry price and exit price of every closed round trip."""
+    """Direction, entry price and exit price of every round trip (one still open at the end
+    exits at the last price)."""
     # Position k is taken by the trade at row k - 1. A round trip is a run of one non-flat
     # position between two trades: it opens at the trade into it (entry price at row start - 1)
-    # and closes at the trade out of it (exit price at row next_start - 1). A run already open
-    # at row 0 or still open at the end lacks one of them and is not counted.
+    # and closes at the trade out of it (exit price at row next_start - 1), or, still open at
+    # the end, is valued at the last price. A run already open at row 0 has no entry and is
+    # not counted.
     trades = np.flatnonzero(positions[1:] != positions[:-1]) + 1
-    starts, next_starts = trades[:-1], trades[1:]
+    starts = trades
+    exits = np.empty_like(trades)
+    exits[:-1] = trades[1:] - 1
+    exits[-1:] = positions.size - 1
     held = positions[starts] != 0
-    starts, next_starts = starts[held], next_starts[held]
-    return np.sign(positions[starts]), prices[starts - 1], prices[next_starts - 1]
+    starts, exits = starts[held], exits[held]
+    return np.sign(positions[starts]), prices[starts - 1], prices[exits]
 
 
 def win_rate(positions: ArrayLike, prices: ArrayLike, fee: float = 0.0) -> float:
-    """Fraction of closed round trips whose profit after fees is positive; 0.0 when there are none.
+    """Fraction of round trips whose profit after fees is positive; 0.0 when there are none.
 
     A round trip opens when the position changes to long or short and closes when it changes
     again (to flat or to the opposite side). With the env's accounting a long trip entered at
     price ``a`` and left at ``b`` wins when ``b * (1 - fee) > a * (1 + fee)``; a short trip wins
-    when ``a * (1 - fee) > b * (1 + fee)``. Positions still open at the end are not counted.
-    ``prices`` is aligned with ``positions`` (see the module docstring).
+    when ``a * (1 - fee) > b * (1 + fee)``. A trip still open at the end counts as if closed at
+    the last price, exit fee paid (so buy-and-hold's one trade counts: it wins when the price
+    rose by more than the two fees). ``fee`` is the whole proportional cost of a leg (the env
+    passes its fee plus slippage). ``prices`` are trade prices, aligned with ``positions`` (see
+    the module docstring).
     """
     pos = _as_float_array(positions)
     px = _as_float_array(prices)
@@ -155,20 +167,28 @@ def win_rate(positions: ArrayLike, prices: ArrayLike, fee: float = 0.0) -> float
 
 
 def buy_and_hold(
-    prices: ArrayLike, initial_cash: float = 1.0, fee: float = 0.0
+    prices: ArrayLike,
+    initial_cash: float = 1.0,
+    fee: float = 0.0,
+    *,
+    entry_price: float | None = None,
 ) -> NDArray[np.float64]:
-    """Equity curve of buying at ``prices[0]`` with all the cash and holding to the end.
+    """Equity curve of buying with all the cash at the first step and holding to the end.
 
     The entry fee (``fee`` times the notional bought) is paid from the cash, exactly as the env
     does for a long position taken at the first step: ``curve[0] = initial_cash`` (before buying)
-    and ``curve[k] = units * prices[k]`` with ``units = initial_cash / ((1 + fee) * prices[0])``.
-    Same length as ``prices`` (empty for empty prices; nan after the start when ``prices[0]`` is 0).
+    and ``curve[k] = units * prices[k]`` with ``units = initial_cash / ((1 + fee) * entry)``.
+    ``entry`` is ``entry_price`` where the first fill is not the first close (the env's
+    ``next_close`` fills the first order at ``prices[1]``, ``next_open`` at the next open), else
+    ``prices[0]``. Same length as ``prices`` (empty for empty prices; nan after the start when
+    the entry price is 0).
     """
     px = _as_float_array(prices)
     if px.size == 0:
         return np.zeros(0, dtype=np.float64)
+    entry = float(px[0]) if entry_price is None else float(entry_price)
     size = initial_cash / (1.0 + fee)
-    curve = (size / float(px[0])) * px if px[0] != 0.0 else np.full(px.size, math.nan)
+    curve = (size / entry) * px if entry != 0.0 else np.full(px.size, math.nan)
     curve[0] = initial_cash
     return curve
 
@@ -179,6 +199,9 @@ def episode_metrics(
     prices: ArrayLike,
     fee: float = 0.0,
     periods_per_year: int = TRADING_DAYS_PER_YEAR,
+    *,
+    trade_prices: ArrayLike | None = None,
+    buy_and_hold_equity: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """The metrics FinSense reports for one episode, as plain Python floats and ints.
 
@@ -187,11 +210,18 @@ def episode_metrics(
     ``total_trades``, ``win_rate``, ``buy_and_hold_return`` (holding the asset over the same rows,
     entry fee included, as a fraction of ``equity[0]``) and ``final_equity`` (currency; nan for
     an empty curve). All three arrays are aligned as in the module docstring.
+
+    ``fee`` is the whole proportional cost of a trade leg. ``trade_prices`` (default ``prices``)
+    are the fill prices :func:`win_rate` reads; ``buy_and_hold_equity`` (default
+    :func:`buy_and_hold` of ``prices``, bought at the first close) is the benchmark curve under
+    the caller's own fills (the env's execution model).
     """
     eq = _as_float_array(equity)
     px = _as_float_array(prices)
     returns = simple_returns(eq)
-    if eq.size and px.size:
+    if buy_and_hold_equity is not None:
+        hold_return = total_return(buy_and_hold_equity)
+    elif eq.size and px.size:
         hold = buy_and_hold(px, initial_cash=float(eq[0]), fee=fee)
         hold_return = total_return(hold)
     else:
@@ -202,7 +232,7 @@ def episode_metrics(
         "sharpe_ratio": sharpe_ratio(returns, periods_per_year),
         "max_drawdown": max_drawdown(returns),
         "total_trades": total_trades(positions),
-        "win_rate": win_rate(positions, px, fee),
+        "win_rate": win_rate(positions, px if trade_prices is None else trade_prices, fee),
         "buy_and_hold_return": hold_return,
         "final_equity": float(eq[-1]) if eq.size else math.nan,
     }

@@ -9,9 +9,11 @@ For a run directory, into ``RUN_DIR/report/``:
 - ``training_curve.png``: the run's ``checkpoints.metric_name`` per episode from ``metrics.csv``
   with a rolling mean, the checkpoints on disk and the best one marked, the test-split value
   where ``eval_every`` recorded one, and epsilon on a second axis.
-- ``equity.png``: the agent's test-split equity against buy-and-hold, buys and sells marked. It
-  reads ``eval/equity.csv`` and runs the evaluation (best checkpoint) when that file is missing;
-  run ``python -m finsense.evaluate`` to refresh it after more training.
+- ``equity.png``: the agent's test-split equity against the baselines (buy-and-hold, the
+  momentum and moving-average rules, the random policies' mean with a band of one standard
+  deviation), the agent's buys and sells marked. It reads ``eval/equity.csv`` and runs the
+  evaluation (best checkpoint) when that file is missing; run ``python -m finsense.evaluate`` to
+  refresh it after more training.
 - ``drawdown.png``: how far each equity curve is below its running peak, row by row.
 
 For a sweep directory (one whose subfolders are run directories, e.g. ``multirun/<sweep>``):
@@ -251,8 +253,16 @@ def plot_training_curve(run_dir: Path, out: Path, metric: str | None = None) -> 
 def _trades(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows at whose close the agent bought (position up) and sold (position down)."""
     change = np.diff(positions.astype(np.int64))
-    # positions[k] is held from row k - 1 to row k: the trade happened at row k - 1's close.
+    # positions[k] is held from row k - 1 to row k: the trade filled at row k - 1's close (with
+    # env.execution=next_open, at row k's open: marked at the close before it).
     return np.flatnonzero(change > 0), np.flatnonzero(change < 0)
+
+
+#: How each rule baseline is drawn: its label and colour.
+_RULE_STYLE: dict[str, tuple[str, str]] = {
+    "momentum": ("momentum", "tab:purple"),
+    "ma_crossover": ("MA crossover", "tab:brown"),
+}
 
 
 def _test_metrics(run_dir: Path) -> dict[str, Any]:
@@ -264,13 +274,41 @@ def _test_metrics(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def plot_equity(curve: EquityCurve, out: Path, *, title: str = "") -> Path:
-    """Draw ``equity.png``: agent vs buy-and-hold equity on the test split, trades marked."""
+def plot_equity(
+    curve: EquityCurve,
+    out: Path,
+    *,
+    title: str = "",
+    rule_labels: dict[str, str] | None = None,
+) -> Path:
+    """Draw ``equity.png``: the agent's equity on the test split against every baseline in
+    ``curve`` (``rule_labels`` may rename the rules: ``MA 10/50``), the agent's trades marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     dates = curve.dates
     agent_return = metrics.total_return(curve.agent_equity)
     hold_return = metrics.total_return(curve.buy_and_hold_equity)
+    if curve.random_mean is not None:
+        mean = curve.random_mean
+        spread = curve.random_std if curve.random_std is not None else np.zeros_like(mean)
+        ax.fill_between(dates, mean - spread, mean + spread, color="tab:gray", alpha=0.2, lw=0)
+        ax.plot(
+            dates,
+            mean,
+            color="tab:gray",
+            lw=1.0,
+            label=f"random, mean ± std ({metrics.total_return(mean):+.1%})",
+        )
+    for rule, equity in curve.rules.items():
+        label, color = _RULE_STYLE.get(rule, (rule, None))
+        label = (rule_labels or {}).get(rule, label)
+        ax.plot(
+            dates,
+            equity,
+            color=color,
+            lw=1.1,
+            label=f"{label} ({metrics.total_return(equity):+.1%})",
+        )
     ax.plot(
         dates, curve.agent_equity, color="tab:blue", lw=1.8, label=f"agent ({agent_return:+.1%})"
     )
@@ -305,7 +343,7 @@ def plot_equity(curve: EquityCurve, out: Path, *, title: str = "") -> Path:
     ax.set_ylabel("equity")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    ax.set_title(title or "Test split: agent vs buy & hold")
+    ax.set_title(title or "Test split: agent vs baselines")
     fig.autofmt_xdate()
     return _save(fig, out)
 
@@ -371,7 +409,18 @@ def report_run(run_dir: Path) -> tuple[list[Path], list[str]]:
     which = f"checkpoint {info.get('checkpoint')}" if info.get("checkpoint") else "agent"
     if isinstance(episode, int):
         which += f" (episode {episode})"
-    written.append(plot_equity(curve, out / "equity.png", title=f"Test split equity: {which}"))
+    windows = info.get("ma_windows")
+    rule_labels = {}
+    if isinstance(windows, dict) and {"short", "long"} <= set(windows):
+        rule_labels["ma_crossover"] = f"MA {windows['short']}/{windows['long']}"
+    written.append(
+        plot_equity(
+            curve,
+            out / "equity.png",
+            title=f"Test split equity: {which}",
+            rule_labels=rule_labels,
+        )
+    )
     written.append(
         plot_drawdown(curve, out / "drawdown.png", title=f"Test split drawdown: {which}")
     )

@@ -16,24 +16,43 @@ from gymnasium.utils.env_checker import check_env
 import finsense  # noqa: F401  (registers finsense/Trading-v0)
 from finsense import metrics
 from finsense.config import EPISODE_METRIC_NAMES
-from finsense.data import MarketData, synthetic_prices
+from finsense.data import MarketData, sample_prices, synthetic_prices
 from finsense.envs import TRADING_ENV_ID, TradingEnv, register_envs
+from finsense.envs.trading import EXECUTIONS
 from finsense.errors import ConfigError, DataError
 
 FEE = 0.01
 CASH = 10_000.0
 
 
-def prices(*close: float) -> MarketData:
-    """A tiny market on consecutive days."""
+def prices(*close: float, opens: list[float] | None = None) -> MarketData:
+    """A tiny market on consecutive days (with opens when given)."""
     dates = (np.datetime64("2021-01-04") + np.arange(len(close))).astype("datetime64[ns]")
-    return MarketData(dates=dates, close=np.asarray(close, dtype=np.float64), source="hand-made")
+    return MarketData(
+        dates=dates,
+        close=np.asarray(close, dtype=np.float64),
+        source="hand-made",
+        open=None if opens is None else np.asarray(opens, dtype=np.float64),
+    )
 
 
-def hand_env(*close: float, **kwargs: Any) -> TradingEnv:
-    """Window 1 over every row: row 0 is the window, the episode trades from row 1 to the end."""
-    options: dict[str, Any] = {"split": "all", "window_size": 1, "fee": FEE, "initial_cash": CASH}
-    return TradingEnv(prices(*close), **(options | kwargs))
+def hand_env(*close: float, opens: list[float] | None = None, **kwargs: Any) -> TradingEnv:
+    """Window 1 over every row: row 0 is the window, the episode trades from row 1 to the end.
+
+    Fills at the signal's own close with the fee as the only cost unless ``kwargs`` say
+    otherwise: the accounting tests below are about cash and units, and the fills of the other
+    execution models and the other costs have tests of their own.
+    """
+    options: dict[str, Any] = {
+        "split": "all",
+        "window_size": 1,
+        "fee": FEE,
+        "initial_cash": CASH,
+        "execution": "close",
+        "slippage_bps": 0.0,
+        "borrow_rate": 0.0,
+    }
+    return TradingEnv(prices(*close, opens=opens), **(options | kwargs))
 
 
 def run(env: gymnasium.Env, actions: list[int], seed: int | None = 0) -> list[tuple]:
@@ -173,12 +192,28 @@ def test_short_and_reversal_accounting_matches_a_hand_computation() -> None:
     assert step[4]["episode_metrics"]["total_trades"] == 3
 
 
-def test_always_long_equity_equals_the_buy_and_hold_benchmark() -> None:
-    env = TradingEnv(episode_length=100, fee=0.002)
-    run(env, [1] * 100, seed=3)
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_always_long_equity_equals_the_buy_and_hold_benchmark(execution: str) -> None:
+    # Buy-and-hold enters at the first fill the execution model gives: the first close, the
+    # second close (next_close) or the second row's open (next_open), paying fee + slippage.
+    env = TradingEnv({"source": "sample"}, episode_length=100, fee=0.002, execution=execution)
+    steps = run(env, [1] * 100, seed=3)
     history = env.history()
-    expected = metrics.buy_and_hold(history["close"], initial_cash=env.initial_cash, fee=0.002)
+    start = env.row - 100
+    opens = sample_prices("GOOGL", with_open=True).open
+    entry = {
+        "close": env.data.close[start],
+        "next_close": env.data.close[start + 1],
+        "next_open": opens[start + 1],
+    }[execution]
+    cost = 0.002 + 2.0 / 10_000
+    expected = metrics.buy_and_hold(
+        history["close"], initial_cash=env.initial_cash, fee=cost, entry_price=entry
+    )
     np.testing.assert_allclose(history["equity"], expected, rtol=1e-12)
+    final = steps[-1][4]["episode_metrics"]
+    assert final["buy_and_hold_return"] == pytest.approx(final["total_return"], rel=1e-12)
+    assert final["total_trades"] == 1
 
 
 def test_profit_reward_is_the_equity_change() -> None:
@@ -201,6 +236,198 @@ def test_a_short_that_loses_all_equity_terminates_the_episode() -> None:
         env.step(1)
 
 
+# -- execution models and costs (issue 13) -------------------------------------------------------
+def test_next_close_fills_at_the_close_after_the_signal_by_hand() -> None:
+    # Decisions at rows 1..4 (closes 100, 110, 121, 110): long, long, flat, flat. The long chosen
+    # at row 1's close fills at row 2's close (110), so the rise 100 -> 110 is missed; the sale
+    # chosen at row 3 (121) fills at row 4's close (110). The last decision is not filled.
+    env = hand_env(100.0, 100.0, 110.0, 121.0, 110.0, 110.0, execution="next_close")
+    steps = run(env, [1, 1, 0, 0])
+    units = CASH / (1 + FEE) / 110.0
+    sold = units * 110.0 * (1 - FEE)
+    expected = [CASH, units * 110.0, units * 121.0, sold, sold]
+    history = env.history()
+    np.testing.assert_allclose(history["equity"], expected, rtol=1e-12)
+    # positions[k] is held from row k - 1 to row k: the long from row 2's close to row 4's.
+    np.testing.assert_array_equal(history["positions"], [0, 0, 1, 1, 0])
+    rewards = [step[1] for step in steps]
+    np.testing.assert_allclose(rewards, np.diff(np.log(expected)), rtol=1e-12, atol=1e-15)
+    # The observation shows the position held once the order filled.
+    assert [step[0][-1] for step in steps] == [1.0, 1.0, 0.0, 0.0]
+    final = steps[-1][4]["episode_metrics"]
+    assert final["total_trades"] == 2
+    assert final["win_rate"] == 0.0  # bought at 110, sold at 110: two fees lost
+    assert final["buy_and_hold_return"] == pytest.approx(1 / (1 + FEE) - 1, rel=1e-12)
+
+
+def test_next_close_leaves_the_last_decision_unfilled() -> None:
+    env = hand_env(100.0, 100.0, 110.0, 121.0, execution="next_close")
+    steps = run(env, [0, 1])
+    assert env.history()["equity"].tolist() == [CASH, CASH, CASH]
+    assert env.position == 0 and steps[-1][4]["position"] == 0
+    assert steps[-1][0][-1] == 0.0  # the final observation shows what is held: flat
+    assert steps[-1][4]["episode_metrics"]["total_trades"] == 0
+
+
+def test_next_open_fills_at_the_next_open_by_hand() -> None:
+    # Same closes and decisions as above; the long fills at row 2's open (115) and earns
+    # 115 -> 110 that day, the sale fills at row 4's open (112).
+    opens = [100.0, 105.0, 115.0, 118.0, 112.0, 111.0]
+    env = hand_env(100.0, 100.0, 110.0, 121.0, 110.0, 110.0, opens=opens, execution="next_open")
+    steps = run(env, [1, 1, 0, 0])
+    units = CASH / (1 + FEE) / 115.0
+    sold = units * 112.0 * (1 - FEE)
+    expected = [CASH, units * 110.0, units * 121.0, sold, sold]
+    history = env.history()
+    np.testing.assert_allclose(history["equity"], expected, rtol=1e-12)
+    np.testing.assert_array_equal(history["positions"], [0, 1, 1, 0, 0])
+    rewards = [step[1] for step in steps]
+    np.testing.assert_allclose(rewards, np.diff(np.log(expected)), rtol=1e-12, atol=1e-15)
+    final = steps[-1][4]["episode_metrics"]
+    assert final["total_trades"] == 2
+    assert final["win_rate"] == 0.0  # bought at the 115 open, sold at the 112 open
+    hold = CASH / (1 + FEE) / 115.0 * 110.0 / CASH - 1
+    assert final["buy_and_hold_return"] == pytest.approx(hold, rel=1e-12)
+
+
+def test_slippage_is_paid_on_every_leg_on_top_of_the_fee() -> None:
+    env = hand_env(50.0, 50.0, 50.0, 50.0, slippage_bps=25.0)
+    run(env, [1, 0])
+    cost = FEE + 0.0025
+    notional = CASH / (1 + cost)
+    assert env.history()["equity"][-1] == pytest.approx(CASH - 2 * cost * notional, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("execution", "days_short"),
+    # Three decisions to be short at a constant price of 100: with close and next_open the short
+    # is held through all three closes; next_close fills it one close later, and its last
+    # decision is not filled.
+    [("close", [1, 2, 3]), ("next_open", [1, 2, 3]), ("next_close", [0, 1, 2])],
+)
+def test_a_short_pays_a_day_of_its_yearly_borrow_rate_at_each_close_it_is_held(
+    execution: str, days_short: list[int]
+) -> None:
+    flat = [100.0] * 5
+    env = hand_env(
+        *flat,
+        opens=flat,
+        allow_short=True,
+        fee=0.0,
+        borrow_rate=0.063,
+        execution=execution,
+    )
+    run(env, [0, 0, 0])
+    daily = 0.063 / 252 * CASH  # the short's notional stays CASH at a constant price
+    expected = [CASH] + [CASH - daily * days for days in days_short]
+    np.testing.assert_allclose(env.history()["equity"], expected, rtol=1e-12)
+
+
+def test_a_long_pays_no_borrow() -> None:
+    env = hand_env(100.0, 100.0, 100.0, 100.0, fee=0.0, borrow_rate=0.5, allow_short=True)
+    run(env, [2, 2])
+    assert env.history()["equity"].tolist() == [CASH, CASH, CASH]
+
+
+@pytest.mark.parametrize("execution", ["close", "next_close"])
+def test_a_short_that_loses_all_equity_under_either_close_fill_terminates(execution: str) -> None:
+    # The short fills at 100 (row 1's close, or row 2's with next_close); row 3's 250 ruins it.
+    env = hand_env(100.0, 100.0, 100.0, 250.0, allow_short=True, fee=0.0, execution=execution)
+    env.reset(seed=0)
+    steps = [env.step(0) for _ in range(2)]
+    _, reward, terminated, truncated, info = steps[-1]
+    assert terminated and not truncated
+    assert info["equity"] == pytest.approx(CASH * 2 - CASH * 2.5)
+    assert reward == pytest.approx(math.log(1e-9))
+
+
+def random_market(n_rows: int, seed: int) -> MarketData:
+    """A random walk with opens between the closes."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(0.01 * rng.standard_normal(n_rows)))
+    opens = close * np.exp(0.005 * rng.standard_normal(n_rows))
+    dates = (np.datetime64("2021-01-04") + np.arange(n_rows)).astype("datetime64[ns]")
+    return MarketData(dates, close, "random walk", opens)
+
+
+def changed_after(data: MarketData, row: int, seed: int) -> MarketData:
+    """``data`` with every close and open after ``row`` replaced by other positive prices."""
+    rng = np.random.default_rng(seed)
+    close, opens = data.close.copy(), np.asarray(data.open).copy()
+    close[row + 1 :] *= np.exp(rng.normal(0.0, 0.05, close.size - row - 1))
+    opens[row + 1 :] *= np.exp(rng.normal(0.0, 0.05, opens.size - row - 1))
+    return MarketData(data.dates, close, data.source, opens)
+
+
+def steps_until_done(env: TradingEnv, actions: list[int]) -> list[tuple]:
+    """Reset, then step through ``actions`` until the episode ends; every step's result."""
+    env.reset(seed=0)
+    out = []
+    for action in actions:
+        out.append(env.step(action))
+        if out[-1][2] or out[-1][3]:
+            break
+    return out
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_no_observation_or_reward_depends_on_a_price_after_its_row(execution: str) -> None:
+    """Changing every price after row t changes no observation up to row t and no reward of a
+    decision made before t; the reward of the decision made at t depends on prices up to its
+    fill and mark (row t + 1), none later.
+
+    Over the test split: the observations' scale is fixed by the training rows (one constant per
+    dataset), so there every price after t is one the env has not seen.
+    """
+    window, n_rows = 4, 200
+    data = random_market(n_rows, seed=0)
+    kwargs = {
+        "split": "test",  # rows 160..199
+        "window_size": window,
+        "random_start": False,
+        "allow_short": True,
+        "execution": execution,
+        "borrow_rate": 0.05,
+    }
+    first = 160
+    actions = np.random.default_rng(1).integers(0, 3, n_rows - first - 1).tolist()
+    base = steps_until_done(TradingEnv(data, **kwargs), actions)
+    assert len(base) == len(actions)
+    # Step i is decided at row first + i; it returns the observation of row first + i + 1 and
+    # the reward marked at that row's close.
+    for t in range(first, n_rows - 2, 3):
+        decided_at_t = t - first
+        for trial in range(3):
+            after_t = steps_until_done(TradingEnv(changed_after(data, t, trial), **kwargs), actions)
+            for i in range(decided_at_t):
+                np.testing.assert_array_equal(after_t[i][0], base[i][0])
+                assert after_t[i][1] == base[i][1], (t, i)
+            later = steps_until_done(
+                TradingEnv(changed_after(data, t + 1, trial), **kwargs), actions
+            )
+            for i in range(decided_at_t + 1):
+                np.testing.assert_array_equal(later[i][0], base[i][0])
+                assert later[i][1] == base[i][1], (t, i)
+
+
+def test_next_open_trades_at_the_open_after_the_signal_and_no_other_open() -> None:
+    """Moving only row t + 1's open changes the reward of the step decided at t (it trades there)
+    and of no step before; the exact fill prices are checked by hand above."""
+    window = 4
+    data = random_market(30, seed=2)
+    kwargs = {"split": "all", "window_size": window, "random_start": False}
+    actions = [1, 0, 1, 0, 1, 0, 1, 0]  # every step trades
+    base = run(TradingEnv(data, execution="next_open", **kwargs), actions)
+    t = window + 3  # the decision of step 3
+    opens = np.asarray(data.open).copy()
+    opens[t + 1] *= 1.05
+    other = MarketData(data.dates, data.close, data.source, opens)
+    changed = run(TradingEnv(other, execution="next_open", **kwargs), actions)
+    assert [c[1] for c in changed[:3]] == [b[1] for b in base[:3]]
+    assert changed[3][1] != base[3][1]
+    np.testing.assert_array_equal(changed[3][0], base[3][0])  # the observation has no opens
+
+
 def test_final_step_info_holds_every_episode_metric_as_plain_numbers() -> None:
     env = TradingEnv(episode_length=30)
     steps = run(env, np.random.default_rng(0).integers(0, 2, 30).tolist())
@@ -213,7 +440,7 @@ def test_final_step_info_holds_every_episode_metric_as_plain_numbers() -> None:
 
 
 def test_actions_may_be_numpy_integers_or_one_element_arrays() -> None:
-    env = TradingEnv(episode_length=5)
+    env = TradingEnv(episode_length=5, execution="close")
     env.reset(seed=0)
     env.step(np.int64(1))
     env.step(np.array(0))
@@ -277,6 +504,10 @@ def test_test_episodes_trade_only_over_test_rows() -> None:
         ({"split": "validation"}, "env.split must be one of train, test, all"),
         ({"data": {"source": "synthetic", "test_fraction": 0.0}, "split": "test"}, "no test rows"),
         ({"data": {"bogus": 1}}, r"env\.data\.bogus is not a key of env\.data"),
+        ({"execution": "open"}, "env.execution must be one of next_close, next_open, close"),
+        ({"slippage_bps": -1.0}, r"env.slippage_bps must be >= 0 \(basis points\), got -1.0"),
+        ({"slippage_bps": math.inf}, "env.slippage_bps must be >= 0"),
+        ({"borrow_rate": -0.01}, r"env.borrow_rate must be >= 0 \(a yearly fraction\)"),
     ],
 )
 def test_bad_env_value_is_a_config_error_naming_the_key(kwargs: dict[str, Any], match: str) -> None:
@@ -354,3 +585,48 @@ def test_a_path_of_another_type_or_a_missing_file_is_a_data_error(tmp_path: Path
 def test_data_of_an_unknown_type_is_a_config_error_naming_the_accepted_forms() -> None:
     with pytest.raises(ConfigError, match=r"env.data must be .*path.*DataFrame.*got list"):
         TradingEnv([1.0, 2.0, 3.0])  # type: ignore[arg-type]
+
+
+# -- next_open needs opens (issue 13) ------------------------------------------------------------
+def test_next_open_on_synthetic_data_is_one_data_error_saying_what_to_use() -> None:
+    with pytest.raises(DataError, match=r"synthetic prices have closes only.*next_close"):
+        TradingEnv(execution="next_open")
+
+
+def test_next_open_without_an_open_column_is_a_data_error_naming_the_column(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "prices.csv"
+    frame([100.0 + i for i in range(60)]).to_csv(path, index=False)
+    message = r"no column 'Open' \(columns found: 'Date', 'Close'\).*env.data.open_column"
+    with pytest.raises(DataError, match=message):
+        TradingEnv(str(path), execution="next_open")
+    with pytest.raises(DataError, match=message):
+        TradingEnv({"source": "file", "path": str(path)}, execution="next_open")
+    with pytest.raises(DataError, match=message):
+        TradingEnv(frame([100.0 + i for i in range(60)]), execution="next_open")
+    with pytest.raises(DataError, match="hand-made: has no open prices"):
+        TradingEnv(prices(*range(1, 60)), execution="next_open")
+    TradingEnv(str(path), window_size=5)  # the other models need no opens
+
+
+def test_next_open_reads_the_open_column_of_the_sample_and_of_a_file(tmp_path: Path) -> None:
+    env = TradingEnv({"source": "sample"}, execution="next_open", split="test")
+    sample = pd.read_csv(SAMPLE_CSV)
+    np.testing.assert_array_equal(env.data.open, sample["Open"].to_numpy())
+    path = tmp_path / "prices.csv"
+    table = frame([100.0 + i for i in range(60)]).assign(Opening=[99.0 + i for i in range(60)])
+    table.to_csv(path, index=False)
+    named = TradingEnv(
+        {"source": "file", "path": str(path), "open_column": "Opening"},
+        execution="next_open",
+        window_size=5,
+    )
+    assert named.data.open is not None and named.data.open[0] == 99.0
+    bad = table.assign(Opening=[99.0] * 59 + [-1.0])
+    bad.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"column 'Opening' has a price that is not positive"):
+        TradingEnv(
+            {"source": "file", "path": str(path), "open_column": "Opening"},
+            execution="next_open",
+        )

@@ -16,13 +16,18 @@ import torch
 import yaml
 
 from finsense import evaluate, evaluation, metrics
+from finsense.data import MarketData
 from finsense.errors import CheckpointError, FinSenseError
 
 FEE = 0.01
+SLIPPAGE_BPS = 5.0
+BORROW_RATE = 0.02
+COST = FEE + SLIPPAGE_BPS / 10_000  # of every trade leg
 CASH = 1_000.0
 WINDOW = 3
 #: 50 prices; test_fraction 0.4 holds out the last 20 (rows 30..49): the test episode.
 N_ROWS, FIRST_TEST = 50, 30
+EXECUTIONS = ("next_close", "next_open", "close")
 
 
 def known_prices() -> np.ndarray:
@@ -31,14 +36,24 @@ def known_prices() -> np.ndarray:
     return np.round(100.0 + 10.0 * np.sin(t / 4.0) + 0.3 * t, 2)
 
 
+def known_opens() -> np.ndarray:
+    """Opens near the previous close, a gap up or down each day."""
+    t = np.arange(N_ROWS, dtype=np.float64)
+    previous = np.concatenate(([known_prices()[0]], known_prices()[:-1]))
+    return np.round(previous + 0.8 * np.cos(1.7 * t), 2)
+
+
 @pytest.fixture
 def price_csv(tmp_path: Path) -> Path:
     path = tmp_path / "prices.csv"
     dates = np.datetime64("2022-01-03") + np.arange(N_ROWS)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["Date", "Close"])
-        writer.writerows((str(d), f"{p:.2f}") for d, p in zip(dates, known_prices(), strict=True))
+        writer.writerow(["Date", "Open", "Close"])
+        writer.writerows(
+            (str(d), f"{o:.2f}", f"{p:.2f}")
+            for d, o, p in zip(dates, known_opens(), known_prices(), strict=True)
+        )
     return path
 
 
@@ -54,6 +69,9 @@ def env_config(price_csv: Path) -> dict[str, Any]:
         "allow_short": False,
         "initial_cash": CASH,
         "reward": "log_return",
+        "execution": "next_close",
+        "slippage_bps": SLIPPAGE_BPS,
+        "borrow_rate": BORROW_RATE,
     }
 
 
@@ -70,57 +88,104 @@ class ConstantQ(torch.nn.Module):
         return self.q.expand(*obs.shape[:-1], -1)
 
 
-def hand_equity(actions: list[int], positions_of: tuple[int, ...] = (0, 1)) -> list[float]:
-    """The env's accounting by hand: trade at row t's close to the target, mark at row t + 1."""
-    close = known_prices()
-    cash, units, position = CASH, 0.0, 0
-    equity = [CASH]
-    for step, action in enumerate(actions):
+def hand_run(targets: list[int], execution: str = "next_close") -> tuple[list[float], list[int]]:
+    """The env's accounting by hand, one phase after another: the equity after each test row and
+    the position held into it, for the target positions chosen at rows 30, 31, ...
+
+    ``close``: trade at the decision row's close, mark at the next. ``next_open``: trade at the
+    next row's open, mark at its close. ``next_close``: the position held earns to the next
+    close, then the order fills there (the last one is not filled). A short pays a day of
+    borrow at each close it is held through.
+    """
+    close, opens = known_prices(), known_opens()
+    cash, units, held = CASH, 0.0, 0
+    equity, positions = [CASH], [0]
+
+    def trade(target: int, price: float) -> None:
+        nonlocal cash, units, held
+        if units:
+            cash += units * price - COST * abs(units * price)
+            units = 0.0
+        if target:
+            size = cash / (1 + COST)
+            units = target * size / price
+            cash -= target * size + COST * size
+        held = target
+
+    def borrow(price: float) -> None:
+        nonlocal cash
+        if units < 0:
+            cash -= BORROW_RATE / 252 * abs(units) * price
+
+    for step, target in enumerate(targets):
         t = FIRST_TEST + step
-        target = positions_of[action]
-        if target != position:
-            if units:
-                cash += units * close[t] - FEE * abs(units * close[t])
-                units = 0.0
-            if target:
-                size = cash / (1 + FEE)
-                units = target * size / close[t]
-                cash -= target * size + FEE * size
-            position = target
+        if execution == "next_close":
+            positions.append(held)
+            borrow(close[t + 1])
+            if target != held and step < len(targets) - 1:
+                trade(target, close[t + 1])
+        else:
+            if target != held:
+                trade(target, close[t] if execution == "close" else opens[t + 1])
+            positions.append(held)
+            borrow(close[t + 1])
         equity.append(cash + units * close[t + 1])
-    return equity
+    return equity, positions
 
 
 STEPS = N_ROWS - 1 - FIRST_TEST  # 19 steps over the 20 test rows
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-def test_buy_and_hold_is_the_price_ratio_minus_the_entry_fee(env_config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_buy_and_hold_is_the_price_ratio_minus_the_entry_cost(
+    env_config: dict[str, Any], execution: str
+) -> None:
+    env_config["execution"] = execution
     result = evaluation.evaluate_policy(ConstantQ(0), env_config, seeds_random=2)
-    close = known_prices()
-    first, last = close[FIRST_TEST], close[-1]
-    expected = last / (first * (1 + FEE)) - 1
+    close, opens = known_prices(), known_opens()
+    # The first decision (row 30) fills at row 30's close, row 31's close or row 31's open.
+    first = {"close": close, "next_close": close, "next_open": opens}[execution][
+        FIRST_TEST + (execution != "close")
+    ]
+    last = close[-1]
+    expected = last / (first * (1 + COST)) - 1
     assert result.buy_and_hold["total_return"] == pytest.approx(expected, rel=1e-12)
     assert result.buy_and_hold["total_profit"] == pytest.approx(CASH * expected, rel=1e-12)
     assert result.buy_and_hold["final_equity"] == pytest.approx(CASH * (1 + expected), rel=1e-12)
+    assert result.buy_and_hold["buy_and_hold_return"] == pytest.approx(expected, rel=1e-12)
     assert result.buy_and_hold["total_trades"] == 1
+    # Its one trade, still open at the end, counts: it lost on this path.
+    assert last * (1 - COST) < first * (1 + COST)
+    assert result.buy_and_hold["win_rate"] == 0.0
+    equity, _ = hand_run([1] * STEPS, execution)
     assert len(result.curve.buy_and_hold_equity) == STEPS + 1
-    np.testing.assert_allclose(
-        result.curve.buy_and_hold_equity[1:],
-        CASH / (1 + FEE) * close[FIRST_TEST + 1 :] / first,
-        rtol=1e-12,
-    )
+    np.testing.assert_allclose(result.curve.buy_and_hold_equity, equity, rtol=1e-12)
 
 
-def test_always_long_agent_equals_buy_and_hold(env_config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_always_long_agent_equals_buy_and_hold(env_config: dict[str, Any], execution: str) -> None:
+    env_config["execution"] = execution
     result = evaluation.evaluate_policy(ConstantQ(1), env_config, seeds_random=1)
-    np.testing.assert_allclose(result.curve.agent_equity, hand_equity([1] * STEPS), rtol=1e-12)
+    equity, positions = hand_run([1] * STEPS, execution)
+    np.testing.assert_allclose(result.curve.agent_equity, equity, rtol=1e-12)
     np.testing.assert_allclose(
         result.curve.agent_equity, result.curve.buy_and_hold_equity, rtol=1e-12
     )
     for key, value in result.buy_and_hold.items():
         assert result.agent[key] == pytest.approx(value, rel=1e-12), key
-    np.testing.assert_array_equal(result.curve.positions, [0] + [1] * STEPS)
+    np.testing.assert_array_equal(result.curve.positions, positions)
+    delay = 1 if execution == "next_close" else 0
+    assert positions == [0] * (1 + delay) + [1] * (STEPS - delay)
+
+
+def test_buy_and_holds_open_trade_counts_in_its_win_rate() -> None:
+    # It printed 0.00% when a trade still open at the end was not counted (issue 13).
+    dates = (np.datetime64("2022-01-03") + np.arange(50)).astype("datetime64[ns]")
+    rising = MarketData(dates, np.linspace(100.0, 150.0, 50), "rising")
+    result = evaluation.evaluate_policy(ConstantQ(0), {"data": rising, "window_size": 3})
+    assert result.buy_and_hold["total_trades"] == 1
+    assert result.buy_and_hold["win_rate"] == 1.0
 
 
 def test_always_flat_agent_keeps_its_cash(env_config: dict[str, Any]) -> None:
@@ -131,28 +196,131 @@ def test_always_flat_agent_keeps_its_cash(env_config: dict[str, Any]) -> None:
     np.testing.assert_array_equal(result.curve.agent_equity, CASH)
 
 
-def test_random_policy_is_mean_and_spread_over_seeds_by_hand(env_config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_random_policy_is_mean_and_spread_over_seeds_by_hand(
+    env_config: dict[str, Any], execution: str
+) -> None:
+    env_config["execution"] = execution
     seeds = 4
     result = evaluation.evaluate_policy(ConstantQ(0), env_config, seeds_random=seeds)
-    profits, trades = [], []
+    profits, trades, curves = [], [], []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        actions = [int(rng.integers(2)) for _ in range(STEPS)]
-        profits.append(hand_equity(actions)[-1] - CASH)
-        trades.append(sum(a != b for a, b in zip([0, *actions], actions, strict=False)))
+        equity, positions = hand_run([int(rng.integers(2)) for _ in range(STEPS)], execution)
+        profits.append(equity[-1] - CASH)
+        trades.append(metrics.total_trades(positions))
+        curves.append(equity)
     assert result.random_seeds == seeds
     assert result.random["total_profit"]["mean"] == pytest.approx(np.mean(profits), rel=1e-9)
     assert result.random["total_profit"]["std"] == pytest.approx(np.std(profits, ddof=1), rel=1e-9)
     assert result.random["total_trades"]["mean"] == pytest.approx(np.mean(trades))
     assert set(result.random) == set(result.agent)
+    assert result.curve.random_mean is not None and result.curve.random_std is not None
+    np.testing.assert_allclose(result.curve.random_mean, np.mean(curves, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(result.curve.random_std, np.std(curves, axis=0, ddof=1), rtol=1e-9)
 
 
-def test_shorting_agent_is_accounted_like_the_env(env_config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_shorting_agent_is_accounted_like_the_env(
+    env_config: dict[str, Any], execution: str
+) -> None:
     env_config["allow_short"] = True
+    env_config["execution"] = execution
     result = evaluation.evaluate_policy(ConstantQ(0, n_actions=3), env_config, seeds_random=1)
-    expected = hand_equity([0] * STEPS, positions_of=(-1, 0, 1))
-    np.testing.assert_allclose(result.curve.agent_equity, expected, rtol=1e-12)
-    np.testing.assert_array_equal(result.curve.positions, [0] + [-1] * STEPS)
+    equity, positions = hand_run([-1] * STEPS, execution)
+    np.testing.assert_allclose(result.curve.agent_equity, equity, rtol=1e-12)
+    np.testing.assert_array_equal(result.curve.positions, positions)
+
+
+# -- the rules (issue 13) --------------------------------------------------------------------------
+def momentum_by_hand(allow_short: bool) -> list[int]:
+    """The target after each test decision row: the sign of its close's change."""
+    close = known_prices()
+    targets = []
+    for t in range(FIRST_TEST, N_ROWS - 1):
+        up, down = close[t] > close[t - 1], close[t] < close[t - 1]
+        targets.append(1 if up else (-1 if down and allow_short else 0))
+    return targets
+
+
+def crossover_by_hand(short: int, long: int, allow_short: bool) -> list[int]:
+    """The target after each test decision row: short mean above or below long mean."""
+    close = known_prices()
+    targets = []
+    for t in range(FIRST_TEST, N_ROWS - 1):
+        fast = sum(close[t - short + 1 : t + 1]) / short
+        slow = sum(close[t - long + 1 : t + 1]) / long
+        targets.append(1 if fast > slow else (-1 if fast < slow and allow_short else 0))
+    return targets
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+@pytest.mark.parametrize("allow_short", [False, True])
+def test_rules_trade_through_the_env_under_its_execution_model_and_costs(
+    env_config: dict[str, Any], execution: str, allow_short: bool
+) -> None:
+    env_config.update(execution=execution, allow_short=allow_short)
+    result = evaluation.evaluate_policy(
+        ConstantQ(0, 3 if allow_short else 2), env_config, seeds_random=1, ma_windows=(2, 5)
+    )
+    for rule, targets in (
+        ("momentum", momentum_by_hand(allow_short)),
+        ("ma_crossover", crossover_by_hand(2, 5, allow_short)),
+    ):
+        assert len(set(targets)) > 1, rule  # the rule trades on this path
+        equity, positions = hand_run(targets, execution)
+        np.testing.assert_allclose(result.curve.rules[rule], equity, rtol=1e-12, err_msg=rule)
+        scored = result.rules[rule]
+        assert scored is not None
+        assert scored["final_equity"] == pytest.approx(equity[-1], rel=1e-12)
+        assert scored["total_trades"] == metrics.total_trades(positions)
+    assert result.notes == ()
+    assert result.ma_windows == (2, 5)
+    assert result.execution == {
+        "model": execution,
+        "fee": FEE,
+        "slippage_bps": SLIPPAGE_BPS,
+        "borrow_rate": BORROW_RATE,
+    }
+
+
+def test_rule_signals_read_no_close_after_their_row() -> None:
+    close = known_prices()
+    for t in range(5, N_ROWS - 1):
+        changed = close.copy()
+        changed[t + 1 :] = changed[t + 1 :][::-1] * 1.5
+        for signal in (
+            lambda c: evaluation.momentum_signal(c, allow_short=True),
+            lambda c: evaluation.ma_crossover_signal(c, 2, 5, allow_short=True),
+        ):
+            np.testing.assert_array_equal(signal(changed)[: t + 1], signal(close)[: t + 1])
+
+
+def test_crossover_signal_waits_for_its_long_average() -> None:
+    signal = evaluation.ma_crossover_signal(np.arange(1.0, 11.0), 2, 4, allow_short=True)
+    assert signal.tolist() == [0, 0, 0] + [1] * 7  # rising prices: the short mean leads
+    falling = evaluation.ma_crossover_signal(np.arange(10.0, 0.0, -1.0), 2, 4, allow_short=False)
+    assert falling.tolist() == [0] * 10  # below, but no shorting: flat
+
+
+def test_a_crossover_longer_than_the_test_split_is_skipped_with_a_note(
+    env_config: dict[str, Any],
+) -> None:
+    result = evaluation.evaluate_policy(ConstantQ(0), env_config, seeds_random=1)
+    assert result.ma_windows == (10, 50)
+    assert result.rules["ma_crossover"] is None and "ma_crossover" not in result.curve.rules
+    assert result.rules["momentum"] is not None
+    (note,) = result.notes
+    assert note.startswith("ma_crossover skipped: the test split has 20 rows, fewer than the long")
+    assert "ma_long=50" in note
+
+
+@pytest.mark.parametrize("windows", [(0, 5), (5, 5), (6, 5)])
+def test_bad_crossover_windows_are_one_clear_error(
+    env_config: dict[str, Any], windows: tuple[int, int]
+) -> None:
+    with pytest.raises(FinSenseError, match=r"1 <= ma_short < ma_long"):
+        evaluation.evaluate_policy(ConstantQ(0), env_config, ma_windows=windows)
 
 
 def test_test_metrics_are_the_agent_metrics_prefixed(env_config: dict[str, Any]) -> None:
@@ -224,13 +392,37 @@ def test_run_evaluation_writes_the_documented_files(run_dir: Path) -> None:
 
     with (run_dir / "eval" / "equity.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["date", "agent_equity", "buy_and_hold_equity", "position"]
+    assert list(rows[0]) == [
+        "date",
+        "agent_equity",
+        "buy_and_hold_equity",
+        "position",
+        "momentum_equity",
+        "ma_crossover_equity",
+        "random_equity_mean",
+        "random_equity_std",
+    ]
     assert len(rows) == STEPS + 1
     assert rows[0]["date"] == "2022-02-02" and float(rows[0]["agent_equity"]) == CASH
+    assert all(row["ma_crossover_equity"] == "" for row in rows)  # skipped: see notes
     back = evaluation.read_equity(run_dir / "eval" / "equity.csv")
     np.testing.assert_array_equal(back.agent_equity, result.curve.agent_equity)
     np.testing.assert_array_equal(back.buy_and_hold_equity, result.curve.buy_and_hold_equity)
     np.testing.assert_array_equal(back.positions, result.curve.positions)
+    assert set(back.rules) == {"momentum"}
+    np.testing.assert_array_equal(back.rules["momentum"], result.curve.rules["momentum"])
+    np.testing.assert_array_equal(back.random_mean, result.curve.random_mean)
+    np.testing.assert_array_equal(back.random_std, result.curve.random_std)
+    assert data["momentum"] == pytest.approx(result.rules["momentum"])
+    assert data["ma_crossover"] is None
+    assert data["notes"] == list(result.notes) and len(data["notes"]) == 1
+    assert data["ma_windows"] == {"short": 10, "long": 50}
+    assert data["execution"] == {
+        "model": "next_close",
+        "fee": FEE,
+        "slippage_bps": SLIPPAGE_BPS,
+        "borrow_rate": BORROW_RATE,
+    }
     assert data["agent"]["total_profit"] == pytest.approx(
         metrics.total_profit(back.agent_equity), abs=1e-9
     )
@@ -323,6 +515,21 @@ def test_cli_prints_the_side_by_side_table(
     for metric in evaluation.TABLE_METRICS:
         assert metric in out
     assert "(episode 10)" in out
+    header = out.splitlines()[2].split()
+    assert header[:6] == ["metric", "agent", "buy", "&", "hold", "momentum"]
+    assert "MA 10/50" in out and "skipped" in out
+    assert (
+        "Every policy fills at next_close, fee 1% + slippage 5 bps a trade, borrow 2% a year" in out
+    )
+    assert "note: ma_crossover skipped: the test split has 20 rows" in out
+
+
+def test_cli_takes_the_crossover_windows(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main([str(run_dir), "seeds=1", "ma_short=2", "--ma_long", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "MA 2/5" in out and "skipped" not in out and "note:" not in out
+    data = json.loads((run_dir / "eval" / "test_metrics.json").read_text())
+    assert data["ma_windows"] == {"short": 2, "long": 5} and data["ma_crossover"] is not None
 
 
 @pytest.mark.parametrize(
@@ -373,7 +580,7 @@ def test_cli_usage_line_shows_the_run_as_optional(capsys: pytest.CaptureFixture[
     usage = capsys.readouterr().out.splitlines()[0]
     assert usage == (
         "usage: python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] "
-        "[checkpoint=best|latest|PATH] [seeds=N] [episodes=N]"
+        "[checkpoint=best|latest|PATH] [seeds=N] [ma_short=N] [ma_long=N] [episodes=N]"
     )
 
 
@@ -388,6 +595,8 @@ def test_cli_usage_line_shows_the_run_as_optional(capsys: pytest.CaptureFixture[
         ["--checkpoint"],
         ["--epochs", "3"],
         ["seeds=0"],
+        [".", "ma_short=50"],
+        [".", "ma_long=x"],
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(

@@ -127,7 +127,9 @@ def test_export_writes_weights_program_and_spec(tmp_path: Path) -> None:
     assert spec["observation"]["window_size"] == WINDOW
     env = TradingEnv(**run_env_kwargs(run_dir, {"env": env_section(True)}))
     assert spec["observation"]["returns"]["feature_scale"] == env.feature_scale
-    assert "the close the signal saw" in spec["execution"]["plainly"]
+    assert spec["execution"]["model"] == "next_close"
+    assert spec["execution"]["fill"].startswith("at the next close")
+    assert spec["execution"]["slippage_bps"] == 2.0 and spec["execution"]["borrow_rate"] == 0.005
     assert spec["env"] == env_section(True)
     assert spec["data"]["train_rows"] == 240 and spec["data"]["rows"] == 300
 
@@ -374,3 +376,20 @@ def test_cli_subprocess_without_a_checkpoint_is_one_line(tmp_path: Path) -> None
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "has no checkpoints" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("execution", "fill"),
+    [
+        ("next_close", "at the next close"),
+        ("next_open", "at the next open"),
+        ("close", "at the current close"),
+    ],
+)
+def test_spec_says_when_the_env_filled_the_trades(execution: str, fill: str) -> None:
+    env = TradingEnv({"source": "sample"}, execution=execution, slippage_bps=3.0)
+    spec = export._execution_spec(env)
+    assert spec["model"] == execution and spec["fill"].startswith(fill)
+    assert spec["slippage_bps"] == 3.0
+    if execution == "close":
+        assert "the close the signal saw" in spec["plainly"]

@@ -1,14 +1,26 @@
-"""DQN learns: with planted momentum, its greedy policy beats buy-and-hold and chance out of sample.
+"""DQN learns: with planted trends, its greedy policy beats buy-and-hold and chance out of sample.
 
-The market is FinSense's synthetic one with AR(1) momentum in the daily returns (``ar_coef=0.2``):
-an up day makes another up day more likely. A long/flat agent that learns to follow yesterday's
-move earns more than holding, after fees. Training runs on the train split only; the greedy
-policy is then scored over the whole held-out test split (the last 20% of days, 2,000 days).
+The market is FinSense's synthetic one with drift regimes: each day the regime flips with
+probability 0.02 (a trend lasts 50 days on average), adding +0.3% or -0.3% to the daily drift under
+1% daily noise. A long/flat agent that learns to be long in up-trends and flat in down-trends
+earns more than holding, after costs. Training runs on the train split only; the greedy policy is
+then scored over the whole held-out test split (the last 20% of days, 2,000 days).
+
+Why trends and not the AR(1) momentum this test planted before (``ar_coef=0.2``): the env fills
+an order chosen after ``close_t`` at ``close_{t+1}`` (``env.execution=next_close``, the default,
+as a real order can fill), so the position earns ``close_{t+1} -> close_{t+2}``. An AR(1) edge at
+lag 1 is gone by then (its lag-2 correlation is 0.04): the rule "long after an up day" loses to
+holding under that fill. A trend that persists for weeks survives a one-day delay. The assertions
+are the same as before.
 
 Settings tuned over many pairs of agent and data seeds: log-return rewards scaled by 100 (at
-~0.01 a day the learned policy stays close to chance), a 5-day window (the signal is in the last
-day), one hidden layer of 32 units and batches of 128 (the reward is mostly noise; a small network
-that averages over more samples overfits it less), gamma 0.9 and 30,000 env steps.
+~0.01 a day the learned policy stays close to chance), a 5-day window (enough to tell the trend
+from the noise about as well as a 10-day one), one hidden layer of 32 units and batches of 128
+(the reward is mostly noise; a small network that averages over more samples overfits it less),
+gamma 0.9 and 30,000 env steps. Fee 0.05% plus the default 2 basis points of slippage a leg.
+Measured: 10 of 11 pairs of agent and data seeds passed (the failure: a test period where holding
+made +893% and the agent +448%); an untrained network's greedy policy passes 2 of 9 pairs by
+chance, and the three pairs below are ones it fails, so passing them is learning.
 """
 
 from __future__ import annotations
@@ -38,8 +50,15 @@ CONFIG = DQNConfig(
 
 
 def env_kwargs(data_seed: int) -> dict[str, Any]:
-    data = {"source": "synthetic", "n_steps": 10_000, "seed": data_seed, "ar_coef": 0.2}
-    return {"data": data, "window_size": WINDOW, "fee": 0.0005}
+    data = {
+        "source": "synthetic",
+        "n_steps": 10_000,
+        "seed": data_seed,
+        "regime_switch_prob": 0.02,
+        "regime_drift": 0.003,
+    }
+    # next_close is the default; named here because the test is about learning under it.
+    return {"data": data, "window_size": WINDOW, "fee": 0.0005, "execution": "next_close"}
 
 
 def train(seed: int, data_seed: int, learner: str = "auto") -> DQNAgent:
@@ -101,7 +120,7 @@ def assert_beats_buy_and_hold_and_random(
 # "auto" is the fast path for this MLP; "autograd" is the general path any other network takes.
 @pytest.mark.parametrize(
     ("seed", "data_seed", "learner"),
-    [(0, 1, "auto"), (1, 3, "auto"), (2, 4, "auto"), (0, 1, "autograd")],
+    [(0, 1, "auto"), (2, 4, "auto"), (5, 7, "auto"), (0, 1, "autograd")],
 )
 def test_greedy_policy_beats_buy_and_hold_and_random_on_the_test_split(
     seed: int, data_seed: int, learner: str

@@ -91,7 +91,8 @@ def test_total_trades_counts_position_changes_and_a_reversal_once() -> None:
 
 def test_win_rate_counts_closed_round_trips_after_fees() -> None:
     # positions[k] is held from row k - 1 to row k: long 100 -> 110 (win), flat,
-    # short 110 -> 100 (win), then a long still open at the end (not counted)
+    # short 110 -> 100 (win), then a long entered at 100 still open at the end, valued at the
+    # last price 105 (win)
     prices = [100.0, 110.0, 110.0, 100.0, 100.0, 100.0, 105.0]
     positions = [0, 1, 0, -1, -1, 1, 1]
     assert metrics.win_rate(positions, prices) == 1.0
@@ -100,19 +101,37 @@ def test_win_rate_counts_closed_round_trips_after_fees() -> None:
     assert metrics.win_rate([0, 1, 0], [100.0, 100.5, 100.5], fee=0.0) == 1.0
 
 
-@pytest.mark.parametrize(
-    ("positions", "prices"), [([], []), ([0], [1.0]), ([0, 1, 1], [1.0, 2.0, 3.0])]
-)
-def test_win_rate_without_closed_round_trips_is_zero(
-    positions: list[int], prices: list[float]
-) -> None:
+def test_win_rate_counts_a_trip_still_open_at_the_end_as_closed_at_the_last_price() -> None:
+    # Buy-and-hold's one trade (issue 13: it used to print 0.00%): entered at 1.0, worth 3.0.
+    assert metrics.win_rate([0, 1, 1], [1.0, 2.0, 3.0]) == 1.0
+    # It pays the exit fee it would pay: 100 -> 101 at 1% a leg loses (101 * 0.99 < 100 * 1.01).
+    assert metrics.win_rate([0, 1, 1], [100.0, 90.0, 101.0], fee=0.01) == 0.0
+    # A long win, then a short from 110 still open at 120: one of two.
+    assert metrics.win_rate([0, 1, -1, -1], [100.0, 110.0, 115.0, 120.0]) == 0.5
+
+
+@pytest.mark.parametrize(("positions", "prices"), [([], []), ([0], [1.0]), ([0, 0], [1.0, 2.0])])
+def test_win_rate_without_round_trips_is_zero(positions: list[int], prices: list[float]) -> None:
     assert metrics.win_rate(positions, prices) == 0.0
+
+
+def test_win_rate_does_not_count_a_position_already_open_on_the_first_row() -> None:
+    # It has no entry price: the first row is where the curve starts.
+    assert metrics.win_rate([1, 1, 0], [1.0, 2.0, 3.0]) == 0.0
 
 
 def test_buy_and_hold_pays_the_entry_fee_and_tracks_the_price() -> None:
     curve = metrics.buy_and_hold([100.0, 110.0, 121.0], initial_cash=1_000.0, fee=0.01)
     np.testing.assert_allclose(curve, [1_000.0, 1_100 / 1.01, 1_210 / 1.01])
     assert metrics.buy_and_hold([]).size == 0
+
+
+def test_buy_and_hold_may_enter_at_a_later_fill() -> None:
+    # The env's next_close fills the first order at prices[1]: 1,000 / 1.01 buys 1,000 / 111.1.
+    curve = metrics.buy_and_hold(
+        [100.0, 110.0, 121.0], initial_cash=1_000.0, fee=0.01, entry_price=110.0
+    )
+    np.testing.assert_allclose(curve, [1_000.0, 1_000 / 1.01, 1_100 / 1.01])
 
 
 def test_episode_metrics_holds_every_reported_metric_as_plain_python_numbers() -> None:

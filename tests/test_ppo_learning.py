@@ -1,19 +1,19 @@
-"""PPO learns: with planted momentum, its greedy policy beats buy-and-hold and chance out of sample.
+"""PPO learns: with planted trends, its greedy policy beats buy-and-hold and chance out of sample.
 
 The market and the scoring are tests/test_learning.py's (DQN's): FinSense's synthetic market with
-AR(1) momentum in the daily returns (``ar_coef=0.2``), a 5-day window, a 0.0005 fee; training on
-the train split only, the greedy policy scored over the whole held-out test split (2,000 days).
+drift regimes that persist for weeks (flip probability 0.02 a day, drift +/-0.3% a day), filled at
+the next close (``env.execution=next_close``, the default), a 5-day window, a 0.05% fee plus the
+default 2 basis points of slippage; training on the train split only, the greedy policy scored
+over the whole held-out test split (2,000 days). That docstring says why trends replaced the
+AR(1) momentum this test planted before: a lag-1 edge vanishes under a one-close delay.
 
 Settings: log-return rewards scaled by 100 (daily log returns are ~0.01), one hidden layer of 32
-units shared by both heads, gamma 0.9 (the signal is in the last day), rollouts of 2,048 steps
-(about 8 episodes of 252 days) learned in 10 epochs of minibatches of 256, SB3's learning rate of
-3e-4, no entropy bonus, 30,000 env steps (about 3 seconds a pair on one thread). Over 14 pairs
-of agent and data seeds, all 14 passed, by a wide margin (Sharpe 0.75 to 2.3; with the autograd
-learner, 1.0 to 2.2); all of the 6 tried passed already at 10,000 steps, and with Adam's eps at
-1e-5. The stochastic policy stays far from
-deterministic (entropy ~0.5, ln 2 being uniform): the reward is mostly noise, and greedy acting is
-what exploits the small edge. An untrained network's greedy policy passes for 2 of those 6 pairs
-by chance; the three pairs below are ones it fails, so passing them is learning.
+units shared by both heads, gamma 0.9, rollouts of 2,048 steps (about 8 episodes of 252 days)
+learned in 10 epochs of minibatches of 256, SB3's learning rate of 3e-4, no entropy bonus, 30,000
+env steps (about 3 seconds a pair on one thread). Over 11 pairs of agent and data seeds, 10
+passed (Sharpe 0.5 to 2.7; the failure: +632% against buy-and-hold's +817%). An untrained
+network's greedy policy passes 2 of 8 pairs by chance; the three pairs below are ones it fails,
+so passing them is learning.
 """
 
 from __future__ import annotations

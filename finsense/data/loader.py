@@ -45,6 +45,7 @@ DATA_KEYS: tuple[str, ...] = (
     "sample",
     "date_column",
     "close_column",
+    "open_column",
     "test_fraction",
     *SYNTHETIC_KEYS,
 )
@@ -112,6 +113,7 @@ def load_prices(
     close_column: str = "Close",
     *,
     min_rows: int = 2,
+    open_column: str | None = None,
 ) -> MarketData:
     """Daily close prices from a CSV or Parquet file (chosen by the suffix), validated.
 
@@ -121,6 +123,8 @@ def load_prices(
             time zones are converted to UTC and dropped). In Parquet it may also be the index.
         close_column: the column holding close prices.
         min_rows: the fewest rows accepted.
+        open_column: also read this column's open prices, checked as the closes are (for
+            ``env.execution=next_open``); None reads no opens.
 
     Raises:
         DataError: the file is missing, unreadable or of another type; a column is missing (the
@@ -136,7 +140,7 @@ def load_prices(
     if not path.is_file():
         raise DataError(f"{path}: file not found; check env.data.path (relative to {Path.cwd()})")
     frame, where = _read_frame(path, date_column)
-    return _validated(frame, where, str(path), date_column, close_column, min_rows)
+    return _validated(frame, where, str(path), date_column, close_column, min_rows, open_column)
 
 
 def prices_from_frame(
@@ -145,6 +149,7 @@ def prices_from_frame(
     close_column: str = "Close",
     *,
     min_rows: int = 2,
+    open_column: str | None = None,
 ) -> MarketData:
     """Daily close prices from a pandas DataFrame, validated exactly as :func:`load_prices`.
 
@@ -154,6 +159,7 @@ def prices_from_frame(
         date_column: the column (or index) holding dates.
         close_column: the column holding close prices.
         min_rows: the fewest rows accepted.
+        open_column: also read this column's open prices (None: no opens).
 
     Raises:
         DataError: as :func:`load_prices`; messages name the source ``DataFrame`` and the 1-based
@@ -163,7 +169,13 @@ def prices_from_frame(
     # Positions, not the frame's own labels, name rows in messages: a label may be anything.
     table = frame.reset_index(drop=not from_index)
     return _validated(
-        table, lambda i: f"row {i + 1}", "DataFrame", date_column, close_column, min_rows
+        table,
+        lambda i: f"row {i + 1}",
+        "DataFrame",
+        date_column,
+        close_column,
+        min_rows,
+        open_column,
     )
 
 
@@ -174,16 +186,23 @@ def _validated(
     date_column: str,
     close_column: str,
     min_rows: int,
+    open_column: str | None = None,
 ) -> MarketData:
     """The prices of ``frame`` after every check of :func:`load_prices`; ``source`` names it
     in messages and ``where`` names a row by its index label."""
+    found = ", ".join(repr(str(c)) for c in frame.columns) or "none"
     for column, key in ((date_column, "date_column"), (close_column, "close_column")):
         if column not in frame.columns:
-            found = ", ".join(repr(str(c)) for c in frame.columns) or "none"
             raise DataError(
                 f"{source}: no column {column!r} (columns found: {found}); "
                 f"set env.data.{key} to the name of the {key.split('_')[0]} column"
             )
+    if open_column is not None and open_column not in frame.columns:
+        raise DataError(
+            f"{source}: no column {open_column!r} (columns found: {found}), and "
+            "env.execution=next_open fills at the next open; set env.data.open_column to the "
+            "name of the open column, or use env.execution=next_close"
+        )
 
     raw_dates = frame[date_column]
     dates = _parse_dates(raw_dates)
@@ -200,29 +219,10 @@ def _validated(
     def at(i: int) -> str:
         return f"{where(frame.index[i])} (date {str(dates.iloc[i].date())})"
 
-    import pandas as pd
-
-    raw_close = frame[close_column]
-    close_series = pd.to_numeric(raw_close, errors="coerce")
-    close = close_series.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~(np.isfinite(close) & (close > 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raw = raw_close.iloc[i]
-        if isinstance(raw, float) and math.isnan(raw):
-            what = "a missing (NaN) price"
-        elif _is_blank(raw):
-            what = "an empty price"
-        elif math.isnan(close[i]):
-            what = f"a price that is not a number ({raw!r})"
-        elif math.isinf(close[i]):
-            what = f"an infinite price ({raw!r})"
-        else:
-            what = f"a price that is not positive ({raw!r})"
-        raise DataError(
-            f"{source}: column {close_column!r} has {what} at {at(i)}; "
-            "every price must be a positive number: fix or remove that row"
-        )
+    close = _positive_prices(frame[close_column], source, close_column, at)
+    opens = None
+    if open_column is not None:
+        opens = _positive_prices(frame[open_column], source, open_column, at)
 
     stamps = dates.to_numpy(dtype="datetime64[ns]")
     if stamps.size >= 2:
@@ -243,7 +243,35 @@ def _validated(
         raise DataError(
             f"{source}: has {len(close)} price rows, needs at least {min_rows}; use a longer file"
         )
-    return MarketData(dates=stamps, close=close, source=source)
+    return MarketData(dates=stamps, close=close, source=source, open=opens)
+
+
+def _positive_prices(
+    raw_prices: pd.Series, source: str, column: str, at: Callable[[int], str]
+) -> np.ndarray:
+    """The column as float64 prices; the first that is not a positive number is a DataError."""
+    import pandas as pd
+
+    prices = pd.to_numeric(raw_prices, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~(np.isfinite(prices) & (prices > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raw = raw_prices.iloc[i]
+        if isinstance(raw, float) and math.isnan(raw):
+            what = "a missing (NaN) price"
+        elif _is_blank(raw):
+            what = "an empty price"
+        elif math.isnan(prices[i]):
+            what = f"a price that is not a number ({raw!r})"
+        elif math.isinf(prices[i]):
+            what = f"an infinite price ({raw!r})"
+        else:
+            what = f"a price that is not positive ({raw!r})"
+        raise DataError(
+            f"{source}: column {column!r} has {what} at {at(i)}; "
+            "every price must be a positive number: fix or remove that row"
+        )
+    return prices
 
 
 def available_samples() -> tuple[str, ...]:
@@ -259,19 +287,19 @@ def available_samples() -> tuple[str, ...]:
     )
 
 
-def sample_prices(name: str = "GOOGL") -> MarketData:
+def sample_prices(name: str = "GOOGL", *, with_open: bool = False) -> MarketData:
     """A real daily price sample shipped inside the package (no network needed).
 
-    ``GOOGL``: Alphabet daily closes 2009-05-22 to 2018-08-29, 2,335 rows, MIT licence; see
-    ``finsense/data/samples/README.md`` for provenance.
+    ``GOOGL``: Alphabet daily opens and closes 2009-05-22 to 2018-08-29, 2,335 rows, MIT licence;
+    see ``finsense/data/samples/README.md`` for provenance. ``with_open`` reads the opens too.
     """
     names = available_samples()
     if name not in names:
         raise ConfigError(f"env.data.sample: no sample {name!r}; choose one of {', '.join(names)}")
     resource = resources.files("finsense.data").joinpath("samples", f"STOCKS_{name}.csv")
     with resources.as_file(resource) as path:
-        data = load_prices(path)
-    return MarketData(dates=data.dates, close=data.close, source=f"sample:{name}")
+        data = load_prices(path, open_column="Open" if with_open else None)
+    return MarketData(data.dates, data.close, f"sample:{name}", data.open)
 
 
 def _typed(spec: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -286,17 +314,18 @@ def _typed(spec: Mapping[str, Any], key: str, kind: type) -> Any:
         raise ConfigError(f"env.data.{key} must be {kind.__name__}, got {value!r}") from None
 
 
-def load_market_data(spec: Mapping[str, Any] | None) -> MarketData:
+def load_market_data(spec: Mapping[str, Any] | None, *, with_open: bool = False) -> MarketData:
     """The prices an ``env.data`` config mapping describes; None gives the synthetic defaults.
 
     Keys: ``source`` (``synthetic``, ``sample`` or ``file``; default synthetic), ``path``,
-    ``date_column`` and ``close_column`` (file), ``sample`` (sample), the keyword arguments of
-    :func:`synthetic_prices` (synthetic) and ``test_fraction`` (read by the env, checked here).
-    Keys that belong to another source are ignored, so one schema serves all three.
+    ``date_column``, ``close_column`` and ``open_column`` (file), ``sample`` (sample), the keyword
+    arguments of :func:`synthetic_prices` (synthetic) and ``test_fraction`` (read by the env,
+    checked here). Keys that belong to another source are ignored, so one schema serves all three.
+    ``with_open`` also reads the open prices (``env.execution=next_open``).
 
     Raises:
         ConfigError: an unknown key, an unknown source, a missing path or a value out of range.
-        DataError: the file's problems, see :func:`load_prices`.
+        DataError: the file's problems, see :func:`load_prices`; opens asked of synthetic data.
     """
     spec = dict(spec or {})
     unknown = sorted(str(k) for k in spec if k not in DATA_KEYS)
@@ -313,9 +342,15 @@ def load_market_data(spec: Mapping[str, Any] | None) -> MarketData:
             for k, kind in SYNTHETIC_KEYS.items()
             if spec.get(k) is not None
         }
+        if with_open:
+            raise DataError(
+                "synthetic prices have closes only, and env.execution=next_open fills at the "
+                "next open; use env.execution=next_close, or data with an Open column "
+                "(env=googl, or env=csv with env.data.open_column)"
+            )
         return synthetic_prices(**kwargs)
     if source == "sample":
-        return sample_prices(str(spec.get("sample") or "GOOGL"))
+        return sample_prices(str(spec.get("sample") or "GOOGL"), with_open=with_open)
     if source == "file":
         path = spec.get("path")
         if not path:
@@ -326,5 +361,6 @@ def load_market_data(spec: Mapping[str, Any] | None) -> MarketData:
             str(path),
             date_column=str(spec.get("date_column") or "Date"),
             close_column=str(spec.get("close_column") or "Close"),
+            open_column=str(spec.get("open_column") or "Open") if with_open else None,
         )
     raise ConfigError(f"env.data.source must be one of {', '.join(SOURCES)}, got {source!r}")

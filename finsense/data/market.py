@@ -18,17 +18,24 @@ class MarketData:
         close: the close price of each row, float64, every value > 0.
         source: where the prices came from, for messages and run metadata:
             ``"synthetic(seed=0, ...)"``, ``"sample:GOOGL"`` or the file path.
+        open: the open price of each row (float64, every value > 0), or None when the source
+            has none or it was not asked for (only ``env.execution=next_open`` needs it).
     """
 
     dates: np.ndarray
     close: np.ndarray
     source: str
+    open: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.dates.ndim != 1 or self.close.ndim != 1 or len(self.dates) != len(self.close):
             raise ValueError(
                 f"dates and close must be 1-D arrays of equal length, "
                 f"got shapes {self.dates.shape} and {self.close.shape}"
+            )
+        if self.open is not None and self.open.shape != self.close.shape:
+            raise ValueError(
+                f"open must be a 1-D array as long as close, got shape {self.open.shape}"
             )
 
     def __len__(self) -> int:
@@ -37,7 +44,8 @@ class MarketData:
 
     def slice(self, start: int, stop: int) -> MarketData:
         """Rows ``start`` to ``stop - 1`` (Python slice rules), same source."""
-        return MarketData(self.dates[start:stop], self.close[start:stop], self.source)
+        opens = None if self.open is None else self.open[start:stop]
+        return MarketData(self.dates[start:stop], self.close[start:stop], self.source, opens)
 
 
 def n_test_rows(n_rows: int, test_fraction: float) -> int:

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 SPLITS = ("train", "test", "all")
 #: ``reward`` values.
 REWARDS = ("log_return", "profit")
+#: ``execution`` values: when an order chosen after observing ``close_t`` is filled.
+EXECUTIONS = ("next_close", "next_open", "close")
+#: Default ``slippage_bps``: half the quoted spread of a liquid large-cap stock or ETF (1 to 5
+#: basis points) plus a little market impact for an order of a few thousand dollars.
+DEFAULT_SLIPPAGE_BPS = 2.0
+#: Default ``borrow_rate``: a yearly fee in the range brokers charge to borrow easy-to-borrow
+#: large caps (0.25% to 0.5%); hard-to-borrow names cost far more. Only shorts pay it.
+DEFAULT_BORROW_RATE = 0.005
 #: ``test_fraction`` used when a MarketData (not a config mapping) is passed.
 DEFAULT_TEST_FRACTION = 0.2
 #: Normalised returns are clipped to +/- this many training standard deviations.
@@ -40,27 +48,44 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
         raise ConfigError(f"env.{key} {rule}, got {value!r}")
 
 
+def _is_rate(value: Any) -> bool:
+    """A finite number >= 0 (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _market_data(data: Any) -> tuple[MarketData, float]:
-    """The prices ``data`` names and the test fraction that goes with them.
+def _market_data(data: Any, with_open: bool) -> tuple[MarketData, float]:
+    """The prices ``data`` names and the test fraction that goes with them (with the opens when
+    ``with_open``: a DataError where there are none).
 
     ``gymnasium.make(..., data=...)`` users pass a file path or a DataFrame as often as the
     ``env.data`` mapping the trainer passes, so each is read through the loader's validation.
     Only the mapping can carry a ``test_fraction``; the other forms use the default.
     """
+    open_column = "Open" if with_open else None
     if isinstance(data, MarketData):
+        if with_open and data.open is None:
+            raise DataError(
+                f"{data.source}: has no open prices, and env.execution=next_open fills at the "
+                "next open; pass MarketData(..., open=...) or use env.execution=next_close"
+            )
         return data, DEFAULT_TEST_FRACTION
     if isinstance(data, str | os.PathLike):
-        return load_prices(Path(data)), DEFAULT_TEST_FRACTION
+        return load_prices(Path(data), open_column=open_column), DEFAULT_TEST_FRACTION
     if _is_dataframe(data):
-        return prices_from_frame(data), DEFAULT_TEST_FRACTION
+        return prices_from_frame(data, open_column=open_column), DEFAULT_TEST_FRACTION
     if data is None or isinstance(data, Mapping):
         given = (data or {}).get("test_fraction")
         test_fraction = DEFAULT_TEST_FRACTION if given is None else float(given)
-        return load_market_data(data), test_fraction
+        return load_market_data(data, with_open=with_open), test_fraction
     raise ConfigError(
         "env.data must be an env.data mapping, a path to a .csv or .parquet file, a pandas "
         f"DataFrame or a MarketData, got {type(data).__name__}"
@@ -79,25 +104,45 @@ def _is_dataframe(value: Any) -> bool:
 class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     """Trade one asset on daily closes by choosing a target position each day.
 
-    **Actions** (``Discrete``): the position to hold until the next close.
+    **Actions** (``Discrete``): the position to hold from the order's fill until the next fill.
     With ``allow_short=False``: 0 = flat (all cash), 1 = long. With ``allow_short=True``:
-    0 = short, 1 = flat, 2 = long. Long means all equity in the asset at the current close; short
+    0 = short, 1 = flat, 2 = long. Long means all equity in the asset at the fill price; short
     means selling the asset for the same notional. Holding a position does not rebalance it: the
     units stay fixed while the price moves.
 
-    **Trades and fees**: a trade happens only when the position changes; it first closes the old
-    position, then opens the new one, each leg paying ``fee`` times its traded notional from cash.
-    A new position of equity ``E`` trades notional ``E / (1 + fee)``, so a long leaves zero cash
-    and a round trip from flat and back costs exactly two fees. Cash, units and equity
-    (``cash + units * close``) are float64.
+    **Execution** (``execution``): the action is chosen at row ``t`` after observing ``close_t``;
+    the order then fills, and the new position starts earning,
+
+    - ``next_close`` (default): at ``close_{t+1}``. It earns from ``close_{t+1}``, so the step from
+      ``t`` to ``t+1`` pays the trade's costs and earns the *previous* position's move
+      ``close_t -> close_{t+1}``; the chosen position's first move is in the next step's reward.
+      The action of an episode's last step is not filled (its fill would be the last close,
+      after which nothing is held).
+    - ``next_open``: at ``open_{t+1}`` (the data needs an ``Open`` column). The old position earns
+      ``close_t -> open_{t+1}``, the new one ``open_{t+1} -> close_{t+1}`` within the same step.
+    - ``close``: at ``close_t``, the very close the signal saw. It earns ``close_t ->
+      close_{t+1}`` in the same step. Optimistic: a real order that depends on ``close_t`` cannot
+      fill at it; use it only to compare with older results.
+
+    Every step's equity is marked at ``close_{t+1}``, and its reward depends on no price after
+    that close.
+
+    **Trades and costs**: a trade happens only when the position changes; it first closes the old
+    position, then opens the new one, each leg paying ``fee + slippage_bps / 10_000`` times its
+    traded notional (at the fill price) from cash. A new position of equity ``E`` trades notional
+    ``E / (1 + cost)``, so a long leaves zero cash and a round trip from flat and back costs
+    exactly two legs' costs. A short held through a step's close pays ``borrow_rate / 252`` of
+    its notional at that close (one trading day of a yearly rate); with ``next_close`` that is the
+    short held from the previous fill to this close, otherwise the one held after this step's
+    fill. Cash, units and equity (``cash + units * close``) are float64.
 
     **Observation** (``Box(-10, 10, (window_size + 1,), float32)``): the last ``window_size`` daily
     log returns of the close up to and including the current row, divided by the standard deviation
     of the training rows' log returns (one constant per dataset, so train and test are scaled
-    alike) and clipped to +/-10, then the current position (-1, 0 or 1). Every observation is a
-    fresh array: later steps never change one already returned.
+    alike) and clipped to +/-10, then the position held now, after the last fill (-1, 0 or 1).
+    Every observation is a fresh array: later steps never change one already returned.
 
-    **Reward**: ``log(equity_t / equity_{t-1})`` (``reward="log_return"``, fees included) or the
+    **Reward**: ``log(equity_{t+1} / equity_t)`` (``reward="log_return"``, costs included) or the
     equity change in currency (``reward="profit"``).
 
     **Episode start**: flat with ``initial_cash``, at a row drawn with ``self.np_random`` (seeded by
@@ -110,13 +155,14 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     is *truncated*: it is a time limit, not a terminal state of the market, so value bootstrapping
     should continue. It is *terminated* only when a short position loses all equity
     (equity <= 0); that step's log reward uses an equity of ``1e-9 * initial_cash``.
-    Positions still open at the end are valued at the last close, with no exit fee.
+    Positions still open at the end are valued at the last close, with no exit cost.
 
     **Info**: empty until the final step, whose info holds ``episode_metrics`` (see
-    :func:`finsense.metrics.episode_metrics`), ``equity`` (float) and ``position`` (int). ``reset``
-    returns ``equity`` and ``position``. Step by step, read the :attr:`equity` and :attr:`position`
-    properties (of ``env.unwrapped``), or the whole path from :meth:`history`; keeping info empty
-    keeps a step cheap.
+    :func:`finsense.metrics.episode_metrics`; its ``buy_and_hold_return`` buys at the first fill
+    this execution model gives, with the same costs), ``equity`` (float) and ``position`` (int).
+    ``reset`` returns ``equity`` and ``position``. Step by step, read the :attr:`equity` and
+    :attr:`position` properties (of ``env.unwrapped``), or the whole path from :meth:`history`;
+    keeping info empty keeps a step cheap.
 
     **Splits**: ``split="train"`` trades over the first rows, ``"test"`` over the last
     ``test_fraction`` of rows (``env.data.test_fraction``, default 0.2), ``"all"`` over every row.
@@ -128,7 +174,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             to a ``.csv`` or ``.parquet`` file (:func:`finsense.data.load_prices`), a pandas
             DataFrame with ``Date`` and ``Close`` columns (or a ``Date`` index;
             :func:`finsense.data.prices_from_frame`), or None for the synthetic default. A path or
-            DataFrame uses ``test_fraction`` 0.2.
+            DataFrame uses ``test_fraction`` 0.2 (and its ``Open`` column for ``next_open``).
         split: ``train``, ``test`` or ``all``.
         window_size: past log returns in each observation, >= 1.
         episode_length: steps per episode, >= 1, or None for the whole split.
@@ -137,6 +183,11 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         allow_short: add the short action.
         initial_cash: starting equity in currency, > 0.
         reward: ``log_return`` or ``profit``.
+        execution: ``next_close``, ``next_open`` or ``close`` (above).
+        slippage_bps: cost per trade leg in basis points of the traded notional, on top of
+            ``fee``, >= 0 (default 2: half a liquid stock's spread plus a little impact).
+        borrow_rate: yearly cost of a short as a fraction of its notional, >= 0, charged daily
+            over 252 trading days (default 0.005).
         render_mode: must be None (the env does not render; see :meth:`history`).
     """
 
@@ -160,6 +211,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         allow_short: bool = False,
         initial_cash: float = 10_000.0,
         reward: str = "log_return",
+        execution: str = "next_close",
+        slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
+        borrow_rate: float = DEFAULT_BORROW_RATE,
         render_mode: str | None = None,
     ) -> None:
         _require(split in SPLITS, "split", f"must be one of {', '.join(SPLITS)}", split)
@@ -175,12 +229,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             "must be an integer >= 1 or null",
             episode_length,
         )
-        _require(
-            isinstance(fee, int | float) and math.isfinite(fee) and fee >= 0,
-            "fee",
-            "must be >= 0",
-            fee,
-        )
+        _require(_is_rate(fee), "fee", "must be >= 0", fee)
         _require(fee < 1, "fee", "must be < 1 (a fraction of the traded notional)", fee)
         _require(
             isinstance(initial_cash, int | float)
@@ -192,13 +241,31 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         )
         _require(reward in REWARDS, "reward", f"must be one of {', '.join(REWARDS)}", reward)
         _require(
+            execution in EXECUTIONS,
+            "execution",
+            f"must be one of {', '.join(EXECUTIONS)}",
+            execution,
+        )
+        _require(
+            _is_rate(slippage_bps), "slippage_bps", "must be >= 0 (basis points)", slippage_bps
+        )
+        _require(
+            slippage_bps < 10_000 * (1 - fee),
+            "slippage_bps",
+            "must leave fee + slippage below 100% of the notional",
+            slippage_bps,
+        )
+        _require(
+            _is_rate(borrow_rate), "borrow_rate", "must be >= 0 (a yearly fraction)", borrow_rate
+        )
+        _require(
             render_mode is None,
             "render_mode",
             "must be None (the env does not render)",
             render_mode,
         )
 
-        market, test_fraction = _market_data(data)
+        market, test_fraction = _market_data(data, with_open=execution == "next_open")
 
         self.data = market
         self.split = split
@@ -209,6 +276,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         self.allow_short = bool(allow_short)
         self.initial_cash = float(initial_cash)
         self.reward_name = reward
+        self.execution = execution
+        self.slippage_bps = float(slippage_bps)
+        self.borrow_rate = float(borrow_rate)
 
         n_rows = len(market)
         n_train = n_rows - n_test_rows(n_rows, test_fraction)
@@ -268,20 +338,44 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             table[:, :-1] = windows
             table[:, -1] = position
             self._actions[action] = (position, table)
-        # Python floats, so the step arithmetic stays scalar (and exact float64).
-        self._close = market.close[first:high].tolist()
-
-        self._log_reward = reward == "log_return"
+        # Python floats, so the step arithmetic stays scalar (and exact float64). _close[k] marks
+        # local row k; _fill[k] is where the order chosen at local row k fills (the last entry,
+        # never a fill, is the last close).
+        close = market.close[first:high].tolist()
+        if execution == "close":
+            fill = close
+        elif execution == "next_close":
+            fill = close[1:] + close[-1:]
+        else:
+            assert market.open is not None  # _market_data read the opens
+            fill = market.open[first + 1 : high].tolist() + close[-1:]
+        self._close = close
+        self._fill = fill
+        # The step's constants in one tuple, unpacked at once: the cost of a trade leg as a
+        # fraction of its notional, the daily borrow rate, whether the fill waits for the next
+        # close, and whether the reward is the log return.
+        self._rates = (
+            self.fee + self.slippage_bps / 10_000.0,
+            self.borrow_rate / metrics.TRADING_DAYS_PER_YEAR,
+            execution == "next_close",
+            reward == "log_return",
+        )
         # The actions a step accepts now: none between episodes, so step() needs no extra check.
         self._by_action: dict[Any, tuple[int, np.ndarray]] = {}
         self._k = self._k_end = 0  # local rows: now and at the episode's end
         self._cash = self.initial_cash
         self._units = 0.0
+        self._held = 0  # the position held now, after the last fill
         # One entry per step including the start; the last equity is the current one.
         self._equity_history: list[float] = []
         self._position_history: list[int] = []
-        # Attributes are kept few (<= 30 with gymnasium's): CPython 3.11 reads instance
+        # Attributes are kept few (about 30 with gymnasium's): CPython 3.11 reads instance
         # attributes fastest while an object's attribute names fit its class's shared-key table.
+
+    @property
+    def trade_cost(self) -> float:
+        """The cost of one trade leg as a fraction of its notional: ``fee + slippage_bps / 1e4``."""
+        return self._rates[0]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -297,6 +391,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._k_end = self._k + self.episode_length
         self._cash = self.initial_cash
         self._units = 0.0
+        self._held = 0
         self._by_action = self._actions
         self._equity_history = [self.initial_cash]
         self._position_history = [0]
@@ -307,42 +402,56 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     def step(
         self, action: int | np.integer | np.ndarray
     ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Trade to the target position of ``action`` at this close, then move to the next close.
+        """Order the target position of ``action``, move to the next close and mark equity there.
 
-        ``action`` is an int, a numpy integer or a one-element integer array.
+        The order fills as ``execution`` says (see the class docstring). ``action`` is an int, a
+        numpy integer or a one-element integer array.
         """
         try:
             target, table = self._by_action[action]
         except (KeyError, TypeError):
             target, table = self._look_up_unusual(action)
+        cost, borrow, delayed, log_reward = self._rates
         k = self._k
-        close = self._close
-        cash = self._cash
-        units = self._units
-        positions = self._position_history
-        if target != positions[-1]:
-            price = close[k]
-            fee = self.fee
-            if units != 0.0:
-                notional = units * price
-                cash += notional - fee * abs(notional)
-                units = 0.0
-            if target != 0:
-                size = cash / (1.0 + fee)
-                units = target * size / price
-                cash -= target * size + fee * size
-            self._cash = cash
-            self._units = units
-        positions.append(target)
+        price = self._fill[k]
         k += 1
         self._k = k
-        equity = cash + units * close[k]
+        mark = self._close[k]
+        cash = self._cash
+        units = self._units
+        held = self._held
+        if delayed:
+            # next_close: the position held since the last fill earns to this close (and pays
+            # its borrow), then the order fills here; none fills at the episode's last close.
+            self._position_history.append(held)
+            if units < 0.0:
+                cash += borrow * units * mark
+            trade = target != held and k != self._k_end and cash + units * mark > 0.0
+        else:
+            trade = target != held
+        if trade:
+            if units != 0.0:
+                notional = units * price
+                cash += notional - cost * abs(notional)
+                units = 0.0
+            if target != 0:
+                size = cash / (1.0 + cost)
+                units = target * size / price
+                cash -= target * size + cost * size
+            self._units = units
+            self._held = held = target
+        if not delayed:
+            self._position_history.append(target)
+            if units < 0.0:
+                cash += borrow * units * mark
+        self._cash = cash
+        equity = cash + units * mark
         equity_history = self._equity_history
         previous = equity_history[-1]
         equity_history.append(equity)
 
         terminated = equity <= 0.0
-        if self._log_reward:
+        if log_reward:
             if terminated:
                 reward = _log(_BANKRUPT_EQUITY * self.initial_cash / previous)
             else:
@@ -351,7 +460,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             reward = equity - previous
         if terminated or k == self._k_end:
             self._by_action = {}
-            info = {"equity": equity, "position": target, "episode_metrics": self.episode_metrics()}
+            if held != target:  # next_close's last order, not filled: the obs shows what is held
+                table = self._actions[held + 1 if self.allow_short else held][1]
+            info = {"equity": equity, "position": held, "episode_metrics": self.episode_metrics()}
             return table[k].copy(), reward, terminated, not terminated, info
         return table[k].copy(), reward, False, False, {}
 
@@ -372,15 +483,21 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     @property
     def position(self) -> int:
-        """The position held now: -1 short, 0 flat, 1 long."""
-        return self._position_history[-1] if self._position_history else 0
+        """The position held now, after the last fill: -1 short, 0 flat, 1 long."""
+        return self._held
+
+    @property
+    def row(self) -> int:
+        """The data row of the current close (the row the next action is chosen at)."""
+        return self._start_rows[0] + self._k
 
     def history(self) -> dict[str, np.ndarray]:
         """The current episode so far: one entry per row from the start row to the current row.
 
         Keys: ``dates`` (datetime64[ns]), ``close``, ``equity`` (float64), ``positions`` (int64;
-        ``positions[k]`` is the position held from row ``k - 1`` to row ``k``, 0 at the start).
-        Empty arrays before the first reset.
+        ``positions[k]`` is the position held from row ``k - 1`` to row ``k``, 0 at the start:
+        with ``next_close`` the one filled at row ``k - 1``'s close, with ``next_open`` the one
+        filled at row ``k``'s open). Empty arrays before the first reset.
         """
         n_steps = len(self._equity_history)
         start = self._start_rows[0] + self._k - max(0, n_steps - 1)
@@ -393,8 +510,32 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         }
 
     def episode_metrics(self) -> dict[str, Any]:
-        """Metrics of the current episode so far (what the final step puts in ``info``)."""
+        """Metrics of the current episode so far (what the final step puts in ``info``).
+
+        Trades are costed at ``fee`` plus slippage and priced where they filled; buy-and-hold buys
+        at the episode's first fill under the same execution model and costs.
+        """
         history = self.history()
+        close = history["close"]
+        n_rows = len(close)
+        first = self._k - max(0, n_rows - 1)  # the episode's first local row
+        cost, _, delayed, _ = self._rates
+        if self.execution == "next_open":
+            # The trade into positions[k] filled at the open of row k (see metrics.win_rate).
+            trade_prices = np.asarray(self._fill[first : first + n_rows], dtype=np.float64)
+            trade_prices[-1:] = close[-1:]
+        else:
+            trade_prices = close
+        if delayed and n_rows <= 2:
+            hold = np.full(n_rows, self.initial_cash)  # a one-step episode fills no order
+        else:
+            entry = self._fill[first] if n_rows else None
+            hold = metrics.buy_and_hold(close, self.initial_cash, cost, entry_price=entry)
         return metrics.episode_metrics(
-            history["equity"], history["positions"], history["close"], fee=self.fee
+            history["equity"],
+            history["positions"],
+            close,
+            fee=cost,
+            trade_prices=trade_prices,
+            buy_and_hold_equity=hold,
         )
