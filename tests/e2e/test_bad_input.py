@@ -46,6 +46,10 @@ def _one_error(proc: subprocess.CompletedProcess[str]) -> str:
             "agent.batch_size=4096 must be <= agent.buffer_size=1000",
         ),
         (["agent.gamma=???"], "agent.gamma has no value"),
+        (["env.execution=nextclose"], "env.execution must be one of next_close, next_open, close"),
+        (["env.execution=next_open"], "synthetic prices have closes only"),
+        (["env.slippage_bps=-2"], "env.slippage_bps must be >= 0 (basis points), got -2"),
+        (["+env.executon=close"], "did you mean env.execution?"),
     ],
     ids=[
         "plus-agent-typo",
@@ -57,6 +61,10 @@ def _one_error(proc: subprocess.CompletedProcess[str]) -> str:
         "plus-checkpoints-typo",
         "batch-over-buffer",
         "missing-value",
+        "unknown-execution",
+        "next-open-without-opens",
+        "negative-slippage",
+        "plus-execution-typo",
     ],
 )
 def test_bad_config_key_is_one_clear_line_and_nonzero_exit(
