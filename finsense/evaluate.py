@@ -128,6 +128,35 @@ def _describe(result: EvalResult, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def format_statistics(result: EvalResult) -> str:
+    """Lines under the table: the agent's PSR and, per baseline, the Sharpe difference with its
+    bootstrap interval (empty when there are none)."""
+    found = result.statistics
+    if not found:
+        return ""
+    level = f"{100 * found['confidence']:g}%"
+    lines = [
+        f"Agent's probabilistic Sharpe ratio (P[true Sharpe > 0]): {found['agent_psr']:.2f}",
+        f"Agent's Sharpe ratio minus each baseline's, {level} interval (block bootstrap of the "
+        f"test days, blocks of {found['block_length']}):",
+    ]
+    names = {"buy_and_hold": "buy & hold", "random_mean": "random (mean equity)"}
+    for name, diff in found["sharpe_difference"].items():
+        label = names.get(name) or rule_heading(name, result.ma_windows)
+        verdict = (
+            "beats it"
+            if diff["low"] > 0
+            else "loses to it"
+            if diff["high"] < 0
+            else "cannot tell apart"
+        )
+        lines.append(
+            f"  vs {label:<24} {diff['estimate']:+.2f}  [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+            f"  {verdict}"
+        )
+    return "\n".join(lines)
+
+
 @quiet_on_closed_stdout
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (0, or 2 for a user's mistake)."""
@@ -159,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     print(_describe(result, run_dir))
     print(format_table(result))
+    statistics = format_statistics(result)
+    if statistics:
+        print(statistics)
     for note in result.notes:
         print(f"note: {note}")
     print(f"Wrote {run_dir / 'eval' / 'test_metrics.json'} and equity.csv")

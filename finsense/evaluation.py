@@ -25,7 +25,9 @@ Files written by :func:`run_evaluation` into ``RUN_DIR/eval/``:
   ``fee``, ``slippage_bps``, ``borrow_rate``), ``notes`` (why a baseline was skipped), ``episode``
   (the checkpoint's training episode), ``checkpoint`` (its path, relative to the run directory
   when it lies inside it) and ``period`` (``start``/``end`` dates and ``steps`` of the test
-  episode). Non-finite numbers are written as ``null`` so the file is strict JSON.
+  episode), ``statistics`` (:func:`compare_to_baselines`: the agent's probabilistic Sharpe ratio,
+  and for each baseline a 95% block-bootstrap interval of the agent's annualised Sharpe ratio
+  minus the baseline's). Non-finite numbers are written as ``null`` so the file is strict JSON.
 - ``equity.csv``: one row per test row: ``date`` (ISO), ``agent_equity``,
   ``buy_and_hold_equity`` (currency), ``position`` (the agent's position held from the
   previous row to this one, -1/0/1 as in :mod:`finsense.metrics`; 0 on the first row), then
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finsense import metrics, stats
 from finsense.agents import DQNAgent, greedy_action
 from finsense.checkpoint import (
     CheckpointInfo,
@@ -145,6 +148,7 @@ class EvalResult:
     ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS
     execution: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    statistics: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self, run_dir: Path | None = None) -> dict[str, Any]:
         """The content of ``test_metrics.json`` (paths relative to ``run_dir`` when inside it)."""
@@ -167,6 +171,7 @@ class EvalResult:
             "ma_windows": {"short": self.ma_windows[0], "long": self.ma_windows[1]},
             "execution": dict(self.execution),
             "notes": list(self.notes),
+            "statistics": dict(self.statistics),
             "episode": self.episode,
             "checkpoint": checkpoint,
             "period": {
@@ -387,7 +392,65 @@ def evaluate_policy(
         ma_windows=(short, long),
         execution=execution,
         notes=tuple(notes),
+        statistics=compare_to_baselines(curve),
     )
+
+
+#: Baselines the agent's daily returns are compared with, by ``EvalResult.statistics`` key.
+COMPARED: tuple[str, ...] = ("buy_and_hold", *RULES, "random_mean")
+#: Bootstrap settings of :func:`compare_to_baselines` (seeded: the same run gives the same file).
+BOOTSTRAP_RESAMPLES = 5_000
+BOOTSTRAP_SEED = 0
+
+
+def compare_to_baselines(curve: EquityCurve, confidence: float = 0.95) -> dict[str, Any]:
+    """How sure the test split lets one be that the agent beats each baseline.
+
+    For the agent: the probabilistic Sharpe ratio (Bailey & Lopez de Prado 2012,
+    :func:`finsense.stats.probabilistic_sharpe_ratio`), the probability that its true Sharpe
+    ratio is above 0 given the test days' length, skewness and kurtosis. For each baseline
+    (buy-and-hold, the rules, the random policies' mean equity): the agent's annualised Sharpe
+    ratio minus the baseline's, with a ``confidence`` interval from a stationary block
+    bootstrap of the paired test days (:func:`finsense.stats.block_bootstrap_ci`; blocks keep
+    the days' serial dependence, pairing keeps the two series' correlation). An interval that
+    contains 0 says the test split cannot tell the two apart.
+
+    Returns:
+        ``{"agent_psr": p, "sharpe_difference": {baseline: {"estimate", "low", "high"}},
+        "confidence", "block_length", "resamples"}``; empty when the split has fewer than 3 rows.
+    """
+    agent = metrics.simple_returns(curve.agent_equity)
+    if agent.size < 2 or not np.isfinite(agent).all():  # a bankrupt short has no Sharpe ratio
+        return {}
+    equities = {"buy_and_hold": curve.buy_and_hold_equity, **curve.rules}
+    if curve.random_mean is not None:
+        equities["random_mean"] = curve.random_mean
+    differences: dict[str, dict[str, float]] = {}
+    block = stats.default_block_length(agent.size)
+    for name in COMPARED:
+        baseline = metrics.simple_returns(equities[name]) if name in equities else None
+        if baseline is None or not np.isfinite(baseline).all():
+            continue
+        interval = stats.block_bootstrap_ci(
+            agent,
+            baseline,
+            "sharpe",
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            confidence=confidence,
+            seed=BOOTSTRAP_SEED,
+        )
+        differences[name] = {
+            "estimate": interval.estimate,
+            "low": interval.low,
+            "high": interval.high,
+        }
+    return {
+        "agent_psr": stats.probabilistic_sharpe_ratio(agent),
+        "sharpe_difference": differences,
+        "confidence": confidence,
+        "block_length": block,
+        "resamples": BOOTSTRAP_RESAMPLES,
+    }
 
 
 def test_metrics(policy: Policy, env_kwargs: Mapping[str, Any]) -> dict[str, float]:

@@ -18,6 +18,9 @@ import yaml
 from finsense import evaluate, evaluation, metrics
 from finsense.data import MarketData
 from finsense.errors import CheckpointError, FinSenseError
+from finsense.evaluation import EquityCurve, compare_to_baselines
+from finsense.metrics import sharpe_ratio
+from finsense.stats import probabilistic_sharpe_ratio
 
 FEE = 0.01
 SLIPPAGE_BPS = 5.0
@@ -634,3 +637,45 @@ def test_cli_subprocess_bad_run_dir_is_one_line_without_traceback(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("finsense.evaluate: "), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _curve(agent: np.ndarray, hold: np.ndarray) -> EquityCurve:
+    n = len(agent)
+    return EquityCurve(
+        dates=np.arange(n).astype("datetime64[D]").astype("datetime64[ns]"),
+        close=hold,
+        agent_equity=agent,
+        buy_and_hold_equity=hold,
+        positions=np.ones(n),
+        rules={"momentum": agent.copy()},
+    )
+
+
+def test_statistics_compare_the_agent_with_each_baseline_on_the_test_days() -> None:
+    rng = np.random.default_rng(0)
+    days = 500
+    hold = 100.0 * np.cumprod(1.0 + rng.normal(0.0, 0.01, days))
+    agent = 100.0 * np.cumprod(1.0 + rng.normal(0.003, 0.01, days))  # Sharpe ~4.8 a year
+    found = compare_to_baselines(_curve(agent, hold))
+
+    assert set(found["sharpe_difference"]) == {"buy_and_hold", "momentum"}
+    beat = found["sharpe_difference"]["buy_and_hold"]
+    returns_agent, returns_hold = np.diff(agent) / agent[:-1], np.diff(hold) / hold[:-1]
+    expected = sharpe_ratio(returns_agent) - sharpe_ratio(returns_hold)
+    assert beat["estimate"] == pytest.approx(expected, rel=1e-12)
+    assert 0.0 < beat["low"] < beat["estimate"] < beat["high"]
+    # A baseline identical to the agent: a difference of exactly 0, every resample.
+    assert found["sharpe_difference"]["momentum"] == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    assert found["agent_psr"] == pytest.approx(probabilistic_sharpe_ratio(returns_agent))
+    assert found["agent_psr"] > 0.99
+    assert found["confidence"] == 0.95 and found["block_length"] == round(499 ** (1 / 3))
+    # Seeded: the same curve gives the same file.
+    assert compare_to_baselines(_curve(agent, hold)) == found
+
+
+def test_statistics_skip_a_baseline_whose_equity_went_to_zero() -> None:
+    agent = np.linspace(100.0, 120.0, 50)
+    hold = np.concatenate([np.linspace(100.0, 1.0, 48), [0.0, 0.0]])  # 0 / 0: no Sharpe ratio
+    found = compare_to_baselines(_curve(agent, hold))
+    assert "buy_and_hold" not in found["sharpe_difference"]
+    assert "momentum" in found["sharpe_difference"]
