@@ -510,7 +510,8 @@ class Trainer:
             start = self.restore(checkpoint)
             where = checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
             verb = "Auto-resuming" if resume == "auto" else "Resuming"
-            log.info("%s from episode %d: %s", verb, start, self._rel(where))
+            origin = getattr(self.manager, "origin", lambda _: None)(where)  # pulled remotely
+            log.info("%s from episode %d: %s", verb, start, origin or self._rel(where))
         result = TrainResult(start, start, total, metric_name=self.manager.metric_name)
         if start > 0 and self._done(start):
             log.info("Training already complete! (%s)", self._budget(start))
