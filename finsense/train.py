@@ -436,7 +436,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume not in ("auto", "never"):
         resume = resume_path(str(resume), run_dir)
 
-    # Build everything that can fail on bad input before touching the run directory.
+    # Build everything that can fail on bad input before touching the run directory. An
+    # unreachable remote is refused here too (before seeding: its back-end's imports draw
+    # random numbers).
+    remote = open_remote_models(cfg, run_dir)
     set_torch_threads(cfg.threads)
     seed_everything(cfg.seed)
     loggers = build_loggers(cfg)
@@ -452,9 +455,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         save_every_minutes=cfg.checkpoints.save_every_minutes,
         progress=cfg.progress,
     )
-
-    # An unreachable remote is refused here, before the run directory changes.
-    remote = open_remote_models(cfg, run_dir)
 
     with RunLock(run_dir) as lock:
         store = dict(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finsense.checkpoint import remote as remote_store
-from finsense.checkpoint.remote import Mirror, RemoteModels
+from finsense.checkpoint.remote import Mirror, RemoteModels, keeping_random_state
 from finsense.checkpoint.store import CheckpointInfo, CheckpointManager
 from finsense.errors import CheckpointError
 
@@ -89,7 +89,8 @@ class MirroredCheckpointManager(CheckpointManager):
         self.mirror.wait()
         archived = super().archive(after, move=move, copy=copy)
         try:
-            moved = remote_store.archive(self.remote, after)
+            with keeping_random_state():
+                moved = remote_store.archive(self.remote, after)
         except Exception as exc:  # the back-ends' errors: one line
             raise CheckpointError(
                 f"checkpoints.remote: cannot move the old history aside in {self.remote.url} "
@@ -108,9 +109,9 @@ class MirroredCheckpointManager(CheckpointManager):
         self._looked_remotely = True
         self.mirror.wait()
         local = super().latest(resumable=True)
-        pulled = remote_store.pull(
-            self.models_dir, self.remote, -1 if local is None else local.episode
-        )
+        with keeping_random_state():
+            newer_than = -1 if local is None else local.episode
+            pulled = remote_store.pull(self.models_dir, self.remote, newer_than)
         if pulled is None:
             return local
         info = super().latest(resumable=True)

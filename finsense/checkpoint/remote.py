@@ -27,9 +27,10 @@ import hashlib
 import json
 import logging
 import os
+import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,22 @@ log = logging.getLogger(__name__)
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 #: Files of the run directory (beside ``models/``) mirrored after each upload, for ``status``.
 RUN_FILES = ("metrics.csv",)
+
+
+@contextlib.contextmanager
+def keeping_random_state() -> Iterator[None]:
+    """Put Python's global ``random`` state back as it was after the block.
+
+    That state is part of the training state the agent saves, and FinSense draws nothing from it
+    while training; the remote back-ends may (modules that draw at import, aiohttp when requests
+    queue for a connection, botocore's retry jitter), so remote work that runs while no upload
+    is in progress is wrapped in this.
+    """
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def is_url(text: str) -> bool:
@@ -81,6 +98,10 @@ class RemoteModels:
         #: Local file systems get the durable local writer (temporary name, fsync, rename);
         #: object stores write each object whole anyway.
         self.local = "file" in _protocols(fs)
+        #: Concurrent requests of a batch: fewer than the HTTP client's connections (10 for
+        #: s3fs), since aiohttp draws from Python's global ``random`` when requests queue for a
+        #: connection, and the trainer saves that state: uploading must not change it.
+        self._batch = {"batch_size": 8} if getattr(fs, "async_impl", False) else {}
 
     def __repr__(self) -> str:
         return f"RemoteModels({self.url!r})"
@@ -126,7 +147,7 @@ class RemoteModels:
         if not names:
             return {}
         paths = [f"{self.path}/{n}" for n in names]
-        got = self.fs.cat(paths, on_error="return")
+        got = self.fs.cat(paths, on_error="return", **self._batch)
         if not isinstance(got, dict):  # one path: fsspec returns its bytes
             got = {paths[0]: got}
         return {n: _bytes_or_error(got.get(p)) for n, p in zip(names, paths, strict=True)}
@@ -143,7 +164,7 @@ class RemoteModels:
             for name, data in items.items():
                 self.write(name, data)
             return
-        self.fs.pipe({f"{self.path}/{n}": bytes(d) for n, d in items.items()})
+        self.fs.pipe({f"{self.path}/{n}": bytes(d) for n, d in items.items()}, **self._batch)
 
     def write_run_file(self, name: str, data: bytes) -> None:
         """Write ``<run>/<name>`` (beside ``models/``): ``metrics.csv``."""
@@ -384,7 +405,7 @@ def upload(models_dir: Path, remote: RemoteModels, uploaded: dict[str, str]) -> 
     JSON (after removing an older remote JSON of the same name first, so it stops counting
     before its files change). Every local file is checked against its SHA-256 as it is read. Then
     remote episodic checkpoints the local store no longer keeps are removed (JSON first), and
-    chunks no remote checkpoint lists any more. Then ``metrics.csv`` beside ``models/``.
+    chunks no remote checkpoint lists any more. ``metrics.csv`` beside ``models/`` goes first.
 
     ``uploaded`` maps a stem to the SHA-256 of the JSON the remote is known to hold; it is kept
     up to date here, so unchanged checkpoints cost no request.
@@ -395,6 +416,14 @@ def upload(models_dir: Path, remote: RemoteModels, uploaded: dict[str, str]) -> 
         changed meanwhile.
     """
     report = UploadReport()
+    # First the run's files: a remote metrics.csv then covers every remote checkpoint (rows
+    # after the episode a run resumes from are dropped then, as on any resume).
+    for name in RUN_FILES:
+        try:
+            data = (models_dir.parent / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        remote.write_run_file(name, data)
     local = _local_checkpoints(models_dir)
     listing = remote.listing()
     remote_chunks: set[str] | None = None
@@ -429,12 +458,6 @@ def upload(models_dir: Path, remote: RemoteModels, uploaded: dict[str, str]) -> 
             return report  # what its chunks are is unknown: collect nothing this time
         metas.append(remote_best)
     report.removed += _collect(remote, metas, remote_chunks)
-    for name in RUN_FILES:
-        try:
-            data = (models_dir.parent / name).read_bytes()
-        except FileNotFoundError:
-            continue
-        remote.write_run_file(name, data)
     return report
 
 
@@ -740,14 +763,20 @@ class Mirror:
     def upload_now(self) -> bool:
         """Upload in this thread (after waiting for one in progress); whether it succeeded."""
         self.wait()
-        self._run()
+        with keeping_random_state():
+            self._run()
         return bool(self.ok)
 
     def _run(self) -> None:
         started = time.perf_counter()
+        # See keeping_random_state: a successful upload draws nothing (batches stay below the
+        # connection pool); a failed one may (botocore's retry jitter), so it puts back the
+        # state it found. (While the trainer trains, only this thread touches that state.)
+        random_state = random.getstate()
         try:
             report = upload(self.models_dir, self.remote, self._uploaded)
         except Exception as exc:  # any back-end failure: warn, train on, catch up next time
+            random.setstate(random_state)
             self._uploaded.clear()  # what the remote holds is unknown now: look again next time
             self.failures += 1
             self.ok = False
