@@ -22,7 +22,14 @@ from finsense.checkpoint import remote as remote_module
 from finsense.checkpoint.chunks import Chunked
 from finsense.checkpoint.layout import CHUNKS_DIR, Listing, is_chunk_name
 from finsense.checkpoint.mirrored import MirroredCheckpointManager
-from finsense.checkpoint.remote import Mirror, RemoteModels, open_remote, pull, upload
+from finsense.checkpoint.remote import (
+    Mirror,
+    RemoteModels,
+    RemoteView,
+    open_remote,
+    pull,
+    upload,
+)
 from finsense.errors import CheckpointError, ConfigError, FinSenseError
 from finsense.train import check_local_dir
 from tests.helpers import assert_same_state
@@ -108,10 +115,10 @@ def test_url_as_run_or_sweep_dir_is_refused_pointing_to_checkpoints_remote() -> 
 def test_upload_mirrors_checkpoints_rotation_best_and_chunks(
     manager: CheckpointManager, remote: RemoteModels
 ) -> None:
-    uploaded: dict[str, str] = {}
+    view = RemoteView()
     for episode, value in ((2, 5.0), (4, 9.0), (6, 1.0), (8, 2.0)):
         save(manager, episode, value)
-        report = upload(manager.models_dir, remote, uploaded)
+        report = upload(manager.models_dir, remote, view)
         assert report.objects > 0
         local_names = {n for n in os.listdir(manager.models_dir) if not n.startswith(".")}
         remote_names = set(remote.listing().names)
@@ -120,17 +127,17 @@ def test_upload_mirrors_checkpoints_rotation_best_and_chunks(
     assert assert_consistent(remote) == [8, 6]
     assert json.loads(remote.read("best_model.json"))["episode"] == 4
     # Nothing changed: nothing is written again.
-    assert upload(manager.models_dir, remote, uploaded).objects == 0
+    assert upload(manager.models_dir, remote, view).objects == 0
 
 
 def test_a_new_chunk_is_uploaded_once_and_shared(
     manager: CheckpointManager, remote: RemoteModels
 ) -> None:
-    uploaded: dict[str, str] = {}
+    view = RemoteView()
     save(manager, 1)
-    first = upload(manager.models_dir, remote, uploaded)
+    first = upload(manager.models_dir, remote, view)
     save(manager, 2)
-    second = upload(manager.models_dir, remote, uploaded)
+    second = upload(manager.models_dir, remote, view)
     # Episode 2 changes one chunk of eight: its upload is that chunk plus the small files
     # (and the best model's files, which are new too).
     assert second.bytes < first.bytes / 2
@@ -140,9 +147,9 @@ def test_a_new_chunk_is_uploaded_once_and_shared(
 def test_an_upload_cut_short_leaves_old_or_new_and_the_next_catches_up(
     manager: CheckpointManager, remote: RemoteModels, monkeypatch: pytest.MonkeyPatch, fail_at: int
 ) -> None:
-    uploaded: dict[str, str] = {}
+    view = RemoteView()
     save(manager, 2)
-    upload(manager.models_dir, remote, uploaded)
+    upload(manager.models_dir, remote, view)
     save(manager, 4, value=10.0)  # a new best: its files are rewritten remotely too
     writes = {"n": 0}
     real = RemoteModels._write_path
@@ -155,12 +162,12 @@ def test_an_upload_cut_short_leaves_old_or_new_and_the_next_catches_up(
 
     monkeypatch.setattr(RemoteModels, "_write_path", failing)
     try:
-        upload(manager.models_dir, remote, uploaded)
+        upload(manager.models_dir, remote, view)
     except OSError:
-        uploaded.clear()
+        view.clear()
     assert assert_consistent(remote)[-1] == 2  # episode 2 is whole whatever happened
     monkeypatch.setattr(RemoteModels, "_write_path", real)
-    upload(manager.models_dir, remote, uploaded)
+    upload(manager.models_dir, remote, view)
     assert assert_consistent(remote) == [4, 2]
     assert json.loads(remote.read("best_model.json"))["episode"] == 4
 
@@ -170,7 +177,7 @@ def test_pull_lands_the_newest_remote_checkpoint_verified(
 ) -> None:
     for episode in (2, 4):
         save(manager, episode)
-    upload(manager.models_dir, remote, {})
+    upload(manager.models_dir, remote)
     fresh = tmp_path / "machine2" / "run1" / "models"
     fresh.mkdir(parents=True)
     assert pull(fresh, remote, -1) == 4
@@ -194,7 +201,7 @@ def test_a_corrupt_remote_object_is_set_aside_remotely_and_the_previous_used(
 ) -> None:
     for episode in (2, 4):
         save(manager, episode)
-    upload(manager.models_dir, remote, {})
+    upload(manager.models_dir, remote)
     models = Path(remote.path)
     meta = json.loads(remote.read("model_ep4.json"))
     older = {
@@ -314,7 +321,7 @@ def test_status_lists_remote_runs_without_importing_torch(
     tmp_path: Path, manager: CheckpointManager, remote: RemoteModels
 ) -> None:
     save(manager, 2)
-    upload(manager.models_dir, remote, {})
+    upload(manager.models_dir, remote)
     url = (tmp_path / "bucket").as_uri()
     code = f"import sys, finsense.status as s\ns.main([{url!r}])\nprint('torch' in sys.modules)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

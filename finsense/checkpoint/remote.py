@@ -31,7 +31,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,16 @@ class RemoteModels:
         """Remove ``models/<name>`` (nothing when it is already gone)."""
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(f"{self.path}/{name}")
+
+    def remove_many(self, names: list[str]) -> None:
+        """Remove several objects of ``models/`` (one request for up to 1,000 on S3), in
+        order where the back-end removes one at a time; missing ones are skipped."""
+        if self.local or len(names) == 1:
+            for name in names:
+                self.remove(name)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm([f"{self.path}/{n}" for n in names])
 
     def move(self, name: str, to: str) -> None:
         """Rename ``models/<name>`` to ``models/<to>`` (a copy, then a delete, on object stores)."""
@@ -397,24 +407,40 @@ def _local_checkpoints(models_dir: Path) -> list[tuple[str, bytes, dict[str, Any
     return found
 
 
-def upload(models_dir: Path, remote: RemoteModels, uploaded: dict[str, str]) -> UploadReport:
+@dataclass
+class RemoteView:
+    """What the remote ``models/`` holds, as far as this process knows: filled by a listing,
+    kept up to date by the uploads of the one writer, and dropped after a failure (the next
+    upload lists again), so an upload that changes little costs few requests."""
+
+    names: set[str] | None = None  #: the files of ``models/``
+    chunks: set[str] | None = None  #: the chunks of ``models/chunks/``
+    json_sha256: dict[str, str] = field(default_factory=dict)  #: stem -> SHA-256 of its JSON
+
+    def clear(self) -> None:
+        """Forget everything (after a failure)."""
+        self.names = self.chunks = None
+        self.json_sha256.clear()
+
+
+def upload(models_dir: Path, remote: RemoteModels, view: RemoteView | None = None) -> UploadReport:
     """Make the remote ``models/`` hold the local committed checkpoints, and only them.
 
-    For each local checkpoint (newest first, then ``best_model``) whose JSON the remote does not
-    hold as it is: its chunks missing remotely, then its model file and companion, then its
-    JSON (after removing an older remote JSON of the same name first, so it stops counting
-    before its files change). Every local file is checked against its SHA-256 as it is read. Then
-    remote episodic checkpoints the local store no longer keeps are removed (JSON first), and
-    chunks no remote checkpoint lists any more. ``metrics.csv`` beside ``models/`` goes first.
+    ``metrics.csv`` beside ``models/`` goes first. Then for each local checkpoint (newest first,
+    then ``best_model``) whose JSON the remote does not hold as it is: its chunks missing
+    remotely, then its model file and companion, then its JSON (an older remote JSON of the same
+    name is removed first, so it stops counting before its files change). Every local file is
+    checked against its SHA-256 as it is read. Then remote episodic checkpoints the local store
+    no longer keeps are removed (their JSONs first), and chunks no remote checkpoint lists.
 
-    ``uploaded`` maps a stem to the SHA-256 of the JSON the remote is known to hold; it is kept
-    up to date here, so unchanged checkpoints cost no request.
+    ``view`` is what the remote is known to hold (see :class:`RemoteView`); updated here.
 
     Raises:
         OSError and the back-end's errors: the remote failed (what was written stays
         consistent: a checkpoint counts only once its JSON is there); _ChangedError: a local file
         changed meanwhile.
     """
+    view = RemoteView() if view is None else view
     report = UploadReport()
     # First the run's files: a remote metrics.csv then covers every remote checkpoint (rows
     # after the episode a run resumes from are dropped then, as on any resume).
@@ -425,40 +451,56 @@ def upload(models_dir: Path, remote: RemoteModels, uploaded: dict[str, str]) -> 
             continue
         remote.write_run_file(name, data)
     local = _local_checkpoints(models_dir)
-    listing = remote.listing()
-    remote_chunks: set[str] | None = None
+    if view.names is None:
+        view.names = set(remote.listing().names)
+    names = view.names
     for stem, json_bytes, meta in local:
         digest = _sha256(json_bytes)
         json_name = f"{stem}.json"
-        if json_name in listing.names and stem not in uploaded:
+        if json_name in names and stem not in view.json_sha256:
             with contextlib.suppress(FileNotFoundError):
-                uploaded[stem] = _sha256(remote.read(json_name))
-        if json_name in listing.names and uploaded.get(stem) == digest:
+                view.json_sha256[stem] = _sha256(remote.read(json_name))
+        if json_name in names and view.json_sha256.get(stem) == digest:
             continue
-        if remote_chunks is None:
-            remote_chunks = remote.chunk_names()
-        _upload_checkpoint(models_dir, remote, stem, json_bytes, meta, remote_chunks, report)
-        uploaded[stem] = digest
+        if view.chunks is None:
+            view.chunks = remote.chunk_names()
+        _upload_checkpoint(models_dir, remote, stem, json_bytes, meta, view, report)
+        view.json_sha256[stem] = digest
     kept = {stem for stem, _, _ in local}
-    newest = max((e for e in Listing(frozenset(os.listdir(models_dir))).saved()), default=-1)
-    for episode in listing.saved():
-        stem = episode_stem(episode)
-        if stem in kept or episode > newest:
-            continue  # one newer than every local checkpoint is not ours to rotate (a newer
-            # FinSense's, or one set aside here): left in place
-        for path in _files(Path(), stem)[::-1]:  # JSON first: it stops counting
-            if path.name in listing.names:
-                remote.remove(path.name)
-                report.removed += 1
-        uploaded.pop(stem, None)
+    newest = max(Listing(frozenset(os.listdir(models_dir))).saved(), default=-1)
+    # One newer than every local checkpoint is not this run's to rotate (a newer FinSense's,
+    # or one that failed verification here): it stays.
+    rotated = [
+        episode_stem(e)
+        for e in Listing(frozenset(names)).saved()
+        if episode_stem(e) not in kept and e <= newest
+    ]
+    files = [[p.name for p in _files(Path(), stem) if p.name in names] for stem in rotated]
+    report.removed += _remove(remote, view, [f"{stem}.json" for stem in rotated])  # JSON first
+    report.removed += _remove(remote, view, [n for group in files for n in group])
+    for stem in rotated:
+        view.json_sha256.pop(stem, None)
     metas = [meta for _, _, meta in local]
-    if BEST not in kept and listing.has(BEST, "json"):
+    if BEST not in kept and f"{BEST}.json" in names:
         remote_best = read_remote_json(remote, f"{BEST}.json")
         if remote_best is None:
             return report  # what its chunks are is unknown: collect nothing this time
         metas.append(remote_best)
-    report.removed += _collect(remote, metas, remote_chunks)
+    report.removed += _collect(remote, view, metas)
     return report
+
+
+def _remove(remote: RemoteModels, view: RemoteView, names: list[str]) -> int:
+    """Remove the objects ``names`` of ``models/`` (in one request where the back-end can)."""
+    present = [n for n in names if view.names is None or n in view.names or "/" in n]
+    if present:
+        remote.remove_many(present)
+    for name in present:
+        if view.names is not None:
+            view.names.discard(name)
+        if view.chunks is not None and name.startswith(f"{CHUNKS_DIR}/"):
+            view.chunks.discard(name.split("/", 1)[1])
+    return len(present)
 
 
 def _upload_checkpoint(
@@ -467,11 +509,12 @@ def _upload_checkpoint(
     stem: str,
     json_bytes: bytes,
     meta: dict[str, Any],
-    remote_chunks: set[str],
+    view: RemoteView,
     report: UploadReport,
 ) -> None:
     """One checkpoint: its missing chunks, model file, companion, then its JSON."""
-    missing = [d for d in _chunk_rows(meta) if d not in remote_chunks]
+    assert view.names is not None and view.chunks is not None
+    missing = [d for d in _chunk_rows(meta) if d not in view.chunks]
     batch: dict[str, bytes] = {}
     for digest in missing:
         data = _read_local(models_dir / CHUNKS_DIR / digest)
@@ -481,10 +524,10 @@ def _upload_checkpoint(
         if sum(len(b) for b in batch.values()) >= 32 << 20:  # bounded memory
             _write_batch(remote, batch, report)
     _write_batch(remote, batch, report)
-    remote_chunks.update(missing)
+    view.chunks.update(missing)
     found = meta.get("sha256")
     sums: dict[str, Any] = found if isinstance(found, dict) else {}
-    pt, train, _ = _files(models_dir, stem)
+    pt, train, json_path = _files(models_dir, stem)
     files = [(pt, sums.get("model"))]
     if sums.get("training"):
         files.append((train, sums.get("training")))
@@ -494,14 +537,17 @@ def _upload_checkpoint(
         if _sha256(data) != sha:
             raise _ChangedError(f"{path}: changed while being uploaded")
         contents.append((path.name, data))
-    remote.remove(f"{stem}.json")  # an older copy stops counting before its files change
+    # An older copy stops counting before its files change.
+    _remove(remote, view, [json_path.name])
     for name, data in contents:
         remote.write(name, data)
+        view.names.add(name)
         report.objects += 1
         report.bytes += len(data)
     if not sums.get("training"):
-        remote.remove(train.name)
-    remote.write(f"{stem}.json", json_bytes)
+        _remove(remote, view, [train.name])
+    remote.write(json_path.name, json_bytes)
+    view.names.add(json_path.name)
     report.objects += 1
     report.bytes += len(json_bytes)
 
@@ -520,19 +566,16 @@ def _read_local(path: Path) -> bytes:
         raise _ChangedError(f"{path}: removed while being uploaded") from None
 
 
-def _collect(remote: RemoteModels, metas: list[dict[str, Any]], known: set[str] | None) -> int:
+def _collect(remote: RemoteModels, view: RemoteView, metas: list[dict[str, Any]]) -> int:
     """Remove remote chunks no mirrored checkpoint lists (after the uploads: the remote set of
     checkpoints is the local one now)."""
     keep: set[str] = set()
     for meta in metas:
         keep |= set(_chunk_rows(meta))
-    stored = known if known is not None else remote.chunk_names()
-    removed = 0
-    for digest in sorted(stored - keep):
-        remote.remove(f"{CHUNKS_DIR}/{digest}")
-        stored.discard(digest)
-        removed += 1
-    return removed
+    if view.chunks is None:
+        view.chunks = remote.chunk_names()
+    unused = sorted(view.chunks - keep)
+    return _remove(remote, view, [f"{CHUNKS_DIR}/{digest}" for digest in unused])
 
 
 # -- pulling ---------------------------------------------------------------------------------
@@ -627,7 +670,10 @@ def pull(models_dir: Path, remote: RemoteModels, newer_than: int) -> int | None:
             try:
                 json_bytes, _, files, chunks = _fetch(remote, stem, episode, listing)
             except _DamagedError as bad:
-                extra = [bad.name] if bad.name.startswith(f"{CHUNKS_DIR}/") else []
+                damaged_chunk = (
+                    bad.name.startswith(f"{CHUNKS_DIR}/") and "missing" not in bad.reason
+                )
+                extra = [bad.name] if damaged_chunk else []  # so that no later upload reuses it
                 present = set(listing.names) | set(extra)
                 names = [p.name for p in _files(Path(), stem)] + extra
                 remote.set_aside(names, present, f"{bad.name}: {bad.reason}")
@@ -660,7 +706,8 @@ def _pull_best(models_dir: Path, remote: RemoteModels, listing: Listing, episode
     try:
         json_bytes, meta, files, chunks = _fetch(remote, BEST, None, listing)
     except _DamagedError as bad:
-        extra = [bad.name] if bad.name.startswith(f"{CHUNKS_DIR}/") else []
+        damaged_chunk = bad.name.startswith(f"{CHUNKS_DIR}/") and "missing" not in bad.reason
+        extra = [bad.name] if damaged_chunk else []
         names = [p.name for p in _files(Path(), BEST)] + extra
         remote.set_aside(names, set(listing.names) | set(extra), f"{bad.name}: {bad.reason}")
         return
@@ -738,7 +785,7 @@ class Mirror:
         self.models_dir = Path(models_dir)
         self.remote = remote
         self._thread: threading.Thread | None = None
-        self._uploaded: dict[str, str] = {}
+        self._view = RemoteView()
         #: Whether the last upload succeeded (None before the first).
         self.ok: bool | None = None
         self.failures = 0
@@ -774,10 +821,10 @@ class Mirror:
         # state it found. (While the trainer trains, only this thread touches that state.)
         random_state = random.getstate()
         try:
-            report = upload(self.models_dir, self.remote, self._uploaded)
+            report = upload(self.models_dir, self.remote, self._view)
         except Exception as exc:  # any back-end failure: warn, train on, catch up next time
             random.setstate(random_state)
-            self._uploaded.clear()  # what the remote holds is unknown now: look again next time
+            self._view.clear()  # what the remote holds is unknown now: look again next time
             self.failures += 1
             self.ok = False
             log.warning(
@@ -844,6 +891,7 @@ def remote_runs(url: str) -> tuple[Any, str, list[str]]:
 __all__ = [
     "Mirror",
     "RemoteModels",
+    "RemoteView",
     "UploadReport",
     "archive",
     "is_url",
