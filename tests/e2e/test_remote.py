@@ -26,6 +26,7 @@ import pytest
 
 from finsense.checkpoint.layout import CHUNKS_DIR
 from finsense.checkpoint.remote import RemoteModels
+from finsense.status import collect_remote
 from tests.e2e.helpers import load_checkpoint_tensors, subprocess_env, train_argv, wait_for
 from tests.helpers import assert_same_state
 
@@ -36,7 +37,7 @@ s3fs = pytest.importorskip("s3fs")
 
 BUCKET = "finsense-test"
 #: A short run: saves at episodes 2, 4, ...
-EPISODES = "episodes=24"
+EPISODES = "episodes=12"
 
 
 def _free_port() -> int:
@@ -159,7 +160,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_machine_lost_at_random_moments_resumes_from_s3_bit_identical(
-    tmp_path: Path, s3: S3Server, reference: Path
+    tmp_path: Path, s3: S3Server, reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kill -9 at random moments (inside episodes, saves and uploads), the local run directory
     deleted each time (the machine is gone): every run resumes from the remote, which holds
@@ -171,7 +172,7 @@ def test_machine_lost_at_random_moments_resumes_from_s3_bit_identical(
     remote = s3.remote("machines", "lost")
     rng = random.Random(15)
     kills = 0
-    for _ in range(3):
+    for _ in range(2):
         newest = max(remote.listing().saved(), default=0)
         proc = subprocess.Popen(
             argv, cwd=tmp_path, env=s3.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -192,7 +193,7 @@ def test_machine_lost_at_random_moments_resumes_from_s3_bit_identical(
             kills += 1
         assert_consistent(remote)
         shutil.rmtree(run_dir)
-    assert kills >= 2
+    assert kills == 2
 
     final = subprocess.run(argv, cwd=tmp_path, env=s3.env(), capture_output=True, text=True)
     assert final.returncode == 0, final.stdout + final.stderr
@@ -202,23 +203,24 @@ def test_machine_lost_at_random_moments_resumes_from_s3_bit_identical(
     assert resumed.group(2) == f"{url}/lost/models/model_ep{episode}.pt"
     assert "Traceback" not in final.stdout + final.stderr
     assert_same_state(
-        load_checkpoint_tensors(reference, 24), load_checkpoint_tensors(run_dir / "models", 24)
+        load_checkpoint_tensors(reference, 12), load_checkpoint_tensors(run_dir / "models", 12)
     )
     episodes_logged = [
         int(r.split(",")[0]) for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]
     ]
-    assert episodes_logged == list(range(1, 25))
-    assert assert_consistent(remote)[0] == 24
-    # status lists the remote run like a local one, from another process.
-    status = subprocess.run(
-        [*train_argv()[:1], "-m", "finsense.status", url],
-        cwd=tmp_path,
-        env=s3.env(),
-        capture_output=True,
-        text=True,
+    assert episodes_logged == list(range(1, 13))
+    assert assert_consistent(remote)[0] == 12
+    # status lists the remote run like a local one.
+    for key, value in s3.env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    (run,) = collect_remote(url)
+    assert (run.run_dir, run.episodes_done, run.episodes_total, run.state) == (
+        f"{url}/lost",
+        12,
+        12,
+        "complete",
     )
-    assert status.returncode == 0, status.stderr
-    assert re.search(rf"{re.escape(url)}/lost\s+24/24\s+model_ep24\.pt\s.*complete", status.stdout)
 
 
 class SlowProxy:
@@ -286,7 +288,7 @@ def test_kill_during_an_upload_leaves_the_remote_whole_and_resumes_bit_identical
         listing = remote.listing()
         partial = [
             e
-            for e in range(4, 25, 2)
+            for e in range(4, 13, 2)
             if listing.has(f"model_ep{e}", "pt") and not listing.has(f"model_ep{e}", "json")
         ]
         caught[:] = partial
@@ -310,7 +312,7 @@ def test_kill_during_an_upload_leaves_the_remote_whole_and_resumes_bit_identical
         in again.stdout
     )
     assert_same_state(
-        load_checkpoint_tensors(reference, 24), load_checkpoint_tensors(run_dir / "models", 24)
+        load_checkpoint_tensors(reference, 12), load_checkpoint_tensors(run_dir / "models", 12)
     )
 
 
@@ -422,13 +424,13 @@ def test_server_down_mid_run_warns_trains_on_and_catches_up(tmp_path: Path) -> N
 def test_file_url_resume_after_the_machine_is_lost(tmp_path: Path, reference: Path) -> None:
     url = (tmp_path / "mnt").as_uri()
     args = (EPISODES, f"hydra.run.dir={tmp_path / 'run'}", f"checkpoints.remote={url}")
-    first = _run(tmp_path, subprocess_env(), "episodes=10", *args[1:])
+    first = _run(tmp_path, subprocess_env(), "episodes=6", *args[1:])
     assert first.returncode == 0, first.stdout + first.stderr
     shutil.rmtree(tmp_path / "run")
     again = _run(tmp_path, subprocess_env(), *args)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"Auto-resuming from episode 10: {url}/run/models/model_ep10.pt" in again.stdout
+    assert f"Auto-resuming from episode 6: {url}/run/models/model_ep6.pt" in again.stdout
     assert_same_state(
-        load_checkpoint_tensors(reference, 24),
-        load_checkpoint_tensors(tmp_path / "run" / "models", 24),
+        load_checkpoint_tensors(reference, 12),
+        load_checkpoint_tensors(tmp_path / "run" / "models", 12),
     )
