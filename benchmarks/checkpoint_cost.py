@@ -22,6 +22,13 @@ Measures, in one run and alternating the two sides so that both see the same dis
   the same tensors. Targets (issue 14): save <= 100 ms, directory <= 1.3x, load <= 1.3x bare.
 - With ``--default-run``: the default 300-episode training run's ``models/`` size (a real
   ``python -m finsense.train`` in a temporary directory). Target: <= 20 MB.
+- With ``--remote-s3``: the upload cost of ``checkpoints.remote`` against a local S3-compatible
+  server (moto's, a subprocess on 127.0.0.1; needs ``finsense[s3]`` and ``moto[server]``): a
+  buffer of ``--remote-rows`` rows, ``--changed`` rows added between saves and ``--remote-gap``
+  seconds of training-like CPU work (torch, one thread) between saves, plain store against the
+  mirrored one: the save call, the upload in the background, how long the trainer waited for an
+  upload, and what one save-and-train cycle costs more. Target (issue 15): the cycle costs at
+  most one local save more.
 """
 
 from __future__ import annotations
@@ -339,6 +346,166 @@ def bench_default_run(root: Path) -> str:
     )
 
 
+def _moto_server() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server on a free port of 127.0.0.1, as a subprocess (its own GIL)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return server, endpoint
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto's server did not start") from None
+            time.sleep(0.2)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _train_for(seconds: float) -> Callable[[], None]:
+    """Training-like CPU work of about ``seconds`` (small-network matmuls, one torch thread,
+    the GIL held between ops as in the trainer's loop)."""
+    w = torch.randn(64, 64)
+    x = torch.randn(32, 64)
+
+    def step(n: int) -> None:
+        y = x
+        for _ in range(n):
+            y = torch.tanh(y @ w)
+
+    start = time.perf_counter()
+    step(2000)
+    per_step = (time.perf_counter() - start) / 2000
+    steps = max(1, int(seconds / per_step))
+    return lambda: step(steps)
+
+
+def bench_remote_upload(root: Path, rows: int, changed: int, gap: float, repeats: int) -> list[str]:
+    """checkpoints.remote against a local S3 server: what the mirror adds to a save cycle."""
+    from finsense.checkpoint.mirrored import MirroredCheckpointManager
+    from finsense.checkpoint.remote import open_remote
+
+    server, endpoint = _moto_server()
+    saved_env = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+        )
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="finsense-bench")
+        gen = torch.Generator().manual_seed(3)
+        policy, training = dqn_state(gen)
+        buffer = ReplayBuffer(rows, 31)
+        fill_buffer(buffer, gen)
+        work = Path(tempfile.mkdtemp(prefix="remote-", dir=root))
+        plain = CheckpointManager(work / "plain" / "models", max_keep=5)
+        remote = open_remote("s3://finsense-bench/bench", "mirrored")
+        mirrored = MirroredCheckpointManager(work / "mirrored" / "models", remote, max_keep=5)
+        train = _train_for(gap)
+
+        def meta(episode: int) -> dict[str, Any]:
+            return {"metrics": {"total_profit": float(episode)}, "epsilon": 0.05}
+
+        def state() -> dict[str, Any]:
+            return {**training, "buffer": buffer.state_dict()}
+
+        plain.save(0, policy, meta(0), training_state=state())
+        mirrored.save(0, policy, meta(0), training_state=state())
+        mirrored.mirror.wait()
+        first_upload = mirrored.mirror.last_seconds
+        server_cpu_before = _cpu_seconds(server.pid)
+        times: dict[str, dict[str, list[float]]] = {
+            side: {"save": [], "train": [], "cycle": [], "upload": [], "cpu": [], "waited": []}
+            for side in ("plain", "mirrored")
+        }
+        managers: dict[str, CheckpointManager] = {"plain": plain, "mirrored": mirrored}
+        for i in range(1, repeats + 1):
+            add_rows(buffer, changed, gen)
+            for side in ("plain", "mirrored") if i % 2 else ("mirrored", "plain"):
+                manager = managers[side]
+                cpu = time.process_time()
+                start = time.perf_counter()
+                manager.save(i, policy, meta(i), training_state=state())
+                saved = time.perf_counter()
+                train()
+                end = time.perf_counter()
+                row = times[side]
+                if side == "mirrored":
+                    # The next save would wait for an upload still running now (the stall);
+                    # waiting here also keeps the upload out of the plain side's cycle.
+                    mirrored.mirror.wait()
+                    row["waited"].append(time.perf_counter() - end)
+                row["cpu"].append(time.process_time() - cpu)
+                row["save"].append(saved - start)
+                row["train"].append(end - saved)
+                row["cycle"].append(end - start)
+            mirrored.mirror.wait()
+            times["mirrored"]["upload"].append(mirrored.mirror.last_seconds)
+        mirrored.close()
+        assert mirrored.mirror.ok and mirrored.mirror.failures == 0
+        server_cpu = _cpu_seconds(server.pid) - server_cpu_before
+    finally:
+        server.kill()
+        server.wait()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    ms = {
+        side: {k: median_ms(v) if v else 0.0 for k, v in row.items()} for side, row in times.items()
+    }
+    p, m = ms["plain"], ms["mirrored"]
+    extra = m["cycle"] + m["waited"] - p["cycle"]
+    return [
+        f"checkpoints.remote on a local S3 server (moto): {rows:,}-row buffer"
+        f" ({rows * 31 * 4 * 2 / 1e6:.0f} MB of observations), {changed:,} rows added and"
+        f" {gap:.2f} s of training between saves (first, full upload: {first_upload:.2f} s)",
+        f"{'':<34} {'local only':>10} {'mirrored':>10}",
+        f"{'save call (median)':<34} {p['save']:>8.0f}ms {m['save']:>8.0f}ms",
+        f"{'next save waits for the upload':<34} {'':>10} {m['waited']:>8.0f}ms",
+        f"{'upload in the background':<34} {'':>10} {m['upload']:>8.0f}ms",
+        f"{'CPU of the trainer process/cycle':<34} {p['cpu']:>8.0f}ms {m['cpu']:>8.0f}ms",
+        f"{'  CPU of the S3 server (same host)':<34} {'':>10}"
+        f" {server_cpu / repeats * 1000:>8.0f}ms",
+        f"{'training between saves':<34} {p['train']:>8.0f}ms {m['train']:>8.0f}ms",
+        f"{'save + training (one cycle)':<34} {p['cycle']:>8.0f}ms {m['cycle']:>8.0f}ms",
+        f"{'cycle cost of the mirror (+ wait)':<34} {'':>10} {extra:>8.0f}ms"
+        f"  ({extra / p['save']:.2f}x the local save; target <= 1x)",
+    ]
+
+
 def main() -> None:
     """Run the benchmarks and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -350,6 +517,15 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=2_500, help="rows added between saves")
     parser.add_argument(
         "--default-run", action="store_true", help="also train the default run and size it"
+    )
+    parser.add_argument(
+        "--remote-s3",
+        action="store_true",
+        help="also measure checkpoints.remote uploads to a local S3 server (moto)",
+    )
+    parser.add_argument("--remote-rows", type=int, default=250_000, help="buffer rows (remote)")
+    parser.add_argument(
+        "--remote-gap", type=float, default=0.5, help="seconds of training between saves (remote)"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -366,6 +542,11 @@ def main() -> None:
             )
         ]
         default = bench_default_run(root) if args.default_run else None
+        remote = (
+            bench_remote_upload(root, args.remote_rows, args.changed, args.remote_gap, args.repeats)
+            if args.remote_s3
+            else None
+        )
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, median of {args.repeats} runs")
     columns = {"bare": 9, "bare+fsync": 11, "FinSense": 9, "ratio": 6, "vs+fsync": 8}
     print(f"{'operation':<34} " + " ".join(f"{c:>{w}}" for c, w in columns.items()))
@@ -387,6 +568,9 @@ def main() -> None:
     print("chunked: the replay buffer's own state_dict (stamped chunks), as the trainer saves.")
     if default is not None:
         print(default)
+    if remote is not None:
+        print()
+        print("\n".join(remote))
 
 
 if __name__ == "__main__":

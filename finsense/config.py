@@ -64,6 +64,9 @@ class CheckpointsConfig:
     metric_name: str | None = None
     mode: str = "max"  # max or min: which direction of metric_name is better
     save_every_minutes: float | None = None  # also save when this much wall time has passed
+    # Any fsspec URL (s3://bucket/prefix, gs://..., file:///mnt/...): every checkpoint is also
+    # written to URL/<run directory name>/models/; null: local only.
+    remote: str | None = None
 
 
 @dataclass
@@ -243,6 +246,12 @@ def validate(cfg: DictConfig) -> None:
         "checkpoints.save_every_minutes",
         "must be > 0 or null",
         ck.save_every_minutes,
+    )
+    _require(
+        ck.remote is None or str(ck.remote).strip() != "",
+        "checkpoints.remote",
+        "must be a URL (s3://bucket/prefix, gs://..., file:///path) or null",
+        ck.remote,
     )
 
 

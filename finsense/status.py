@@ -287,6 +287,60 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
     )
 
 
+def read_remote_run(remote: Any) -> RunStatus:
+    """The status of one run mirrored to a remote (``checkpoints.remote``), from its listing
+    and JSON files only: as :func:`read_run`, without a lock to tell ``running`` (a remote run
+    is ``interrupted`` until its newest checkpoint reaches its target)."""
+    from finsense.checkpoint.remote import read_remote_json
+
+    listing = remote.listing()
+    corrupt = tuple(listing.set_aside())
+    latest: dict[str, Any] | None = None
+    latest_episode = 0
+    for episode in listing.saved():
+        if not listing.has(episode_stem(episode), "pt"):
+            continue
+        meta = read_remote_json(remote, f"{episode_stem(episode)}.json")
+        if meta is not None and _as_int(meta.get("episode")) == episode:
+            latest, latest_episode = meta, episode
+            break
+    best = (read_remote_json(remote, f"{BEST}.json") if listing.has(BEST, "pt") else None) or {}
+    total = _as_int(latest.get("episodes_total")) if latest is not None else None
+    if corrupt:
+        state = "damaged"
+    elif latest is None:
+        state = "empty"
+    elif total is not None and latest_episode >= total:
+        state = "complete"
+    else:
+        state = "interrupted"
+    name = best.get("metric_name")
+    return RunStatus(
+        run_dir=f"{remote.base_url}/{remote.run_name}",
+        episodes_done=latest_episode,
+        episodes_total=total,
+        latest_checkpoint=f"{episode_stem(latest_episode)}.pt" if latest is not None else None,
+        best_metric_name=name if isinstance(name, str) else None,
+        best_metric_value=_as_float(best.get("metric_value")),
+        best_episode=_as_int(best.get("episode")),
+        updated_at=_parse_time(latest.get("written_at")) if latest is not None else None,
+        state=state,
+        corrupt_files=corrupt,
+    )
+
+
+def collect_remote(url: str) -> list[RunStatus]:
+    """The status of every run mirrored under ``url`` (a ``checkpoints.remote`` URL), sorted.
+
+    Raises:
+        FinSenseError: the URL cannot be used or reached (one line).
+    """
+    from finsense.checkpoint.remote import RemoteModels, remote_runs
+
+    fs, root, names = remote_runs(url)
+    return [read_remote_run(RemoteModels(url, name, fs, root)) for name in names]
+
+
 def collect(dirs: Sequence[Path]) -> list[RunStatus]:
     """The status of every run directory at or below each of ``dirs``, sorted by ``run_dir``.
 
@@ -375,15 +429,20 @@ def main(argv: list[str] | None = None) -> int:
         "dirs",
         nargs="*",
         metavar="DIR",
-        type=Path,
-        help="run directories or folders of runs (default: outputs/ and multirun/ if present)",
+        help="run directories or folders of runs (default: outputs/ and multirun/ if "
+        "present), or a checkpoints.remote URL (s3://bucket/prefix, file:///path)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list for scripts")
     args = parser.parse_args(argv)
 
-    dirs: list[Path] = args.dirs or [Path(d) for d in DEFAULT_DIRS if Path(d).is_dir()]
+    urls = [d for d in args.dirs if "://" in d]
+    dirs: list[Path] = [Path(d) for d in args.dirs if "://" not in d]
+    if not args.dirs:
+        dirs = [Path(d) for d in DEFAULT_DIRS if Path(d).is_dir()]
     try:
-        runs = collect(dirs)
+        runs = collect(dirs) if dirs or not urls else []
+        for url in urls:
+            runs.extend(collect_remote(url))
     except FinSenseError as exc:
         print(f"finsense.status: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -272,6 +272,20 @@ def check_output_path(path: str | os.PathLike[str]) -> None:
             )
 
 
+def check_local_dir(path: str, key: str) -> None:
+    """Refuse a URL as the run (or sweep) directory: it would become a local folder named
+    ``s3:``. The run directory is the local working copy; a remote copy is ``checkpoints.remote``.
+
+    Raises:
+        FinSenseError: one line pointing to ``checkpoints.remote``.
+    """
+    if "://" in str(path):
+        raise FinSenseError(
+            f"{key}={path} is a URL; the run directory must be a local path. Keep {key} local "
+            f"and mirror the checkpoints with checkpoints.remote={path}"
+        )
+
+
 class RunCallback(Callback):
     """Hydra callback of the ``python -m finsense.train`` process, run or sweep.
 
@@ -283,11 +297,13 @@ class RunCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
+        _refuse_on_error(check_local_dir, config.hydra.run.dir, "hydra.run.dir")
         _refuse_on_error(check_output_path, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:  # noqa: D102
         from finsense import sweeps
 
+        _refuse_on_error(check_local_dir, config.hydra.sweep.dir, "hydra.sweep.dir")
         _refuse_on_error(check_output_path, config.hydra.sweep.dir)
         excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
         message = sweeps.unsweepable(_swept_keys(config), excluded)
@@ -420,7 +436,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if resume not in ("auto", "never"):
         resume = resume_path(str(resume), run_dir)
 
-    # Build everything that can fail on bad input before touching the run directory.
+    # Build everything that can fail on bad input before touching the run directory. An
+    # unreachable remote is refused here too (before seeding: its back-end's imports draw
+    # random numbers).
+    remote = open_remote_models(cfg, run_dir)
     set_torch_threads(cfg.threads)
     seed_everything(cfg.seed)
     loggers = build_loggers(cfg)
@@ -438,14 +457,20 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     )
 
     with RunLock(run_dir) as lock:
-        manager = CheckpointManager(
-            run_dir / "models",
+        store = dict(
             max_keep=cfg.checkpoints.max_keep,
             save_best=cfg.checkpoints.save_best,
             metric_name=cfg.checkpoints.metric_name,
             mode=cfg.checkpoints.mode,
             map_location=str(device),
         )
+        mirrored = None
+        if remote is None:
+            manager = CheckpointManager(run_dir / "models", **store)
+        else:
+            from finsense.checkpoint.mirrored import MirroredCheckpointManager
+
+            manager = mirrored = MirroredCheckpointManager(run_dir / "models", remote, **store)
         record = _RunRecord(cfg, run_dir, lock)
         trainer = Trainer(
             env,
@@ -461,6 +486,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         try:
             result = trainer.run(resume=resume)
         finally:
+            if mirrored is not None:
+                mirrored.close()  # the last upload: waited for, retried once if it failed
             record.close()
 
     if result.interrupted_by is not None:
@@ -474,6 +501,22 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if not result.already_complete:
         _print_summary(result, run_dir)
     return result.best_value
+
+
+def open_remote_models(cfg: DictConfig, run_dir: Path) -> Any:
+    """The run's remote ``models/`` (``checkpoints.remote``), checked to be reachable; None
+    when no remote is configured.
+
+    Raises:
+        ConfigError: the URL cannot be used (unknown protocol, a missing extra).
+        CheckpointError: the remote cannot be reached (one line; no silent fresh start).
+    """
+    url = cfg.checkpoints.remote
+    if url is None:
+        return None
+    from finsense.checkpoint.remote import open_remote
+
+    return open_remote(str(url), run_dir.name)
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

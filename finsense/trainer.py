@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from finsense.checkpoint import CheckpointInfo, CheckpointManager, metadata_path, write_bytes_atomic
+from finsense.checkpoint.mirrored import MirroredCheckpointManager
 from finsense.checkpoint.policies import SavePolicy
 from finsense.errors import CheckpointError, ConfigError
 from finsense.runs import relative_to_run
@@ -510,7 +511,10 @@ class Trainer:
             start = self.restore(checkpoint)
             where = checkpoint.path if isinstance(checkpoint, CheckpointInfo) else checkpoint
             verb = "Auto-resuming" if resume == "auto" else "Resuming"
-            log.info("%s from episode %d: %s", verb, start, self._rel(where))
+            shown = self._rel(where)
+            if isinstance(self.manager, MirroredCheckpointManager):  # pulled from the remote?
+                shown = self.manager.origin(where) or shown
+            log.info("%s from episode %d: %s", verb, start, shown)
         result = TrainResult(start, start, total, metric_name=self.manager.metric_name)
         if start > 0 and self._done(start):
             log.info("Training already complete! (%s)", self._budget(start))
