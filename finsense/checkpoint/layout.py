@@ -20,8 +20,10 @@ cheap.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Version of the on-disk format; a JSON with a higher one was written by a newer FinSense.
 #: 2: large tensors of the training state are chunks in ``chunks/`` (the JSON's ``chunked``).
@@ -131,3 +133,18 @@ class Listing:
     def set_aside(self) -> list[str]:
         """Files set aside as damaged (``*.corrupt[.K]``)."""
         return sorted(n for n in self.names if is_set_aside(n))
+
+
+def stored_sizes(meta: Mapping[str, Any]) -> dict[str, int]:
+    """The chunks a checkpoint's JSON lists: digest -> bytes of its file (-1 when unrecorded)."""
+    sizes: dict[str, int] = {}
+    manifest = meta.get("chunked")
+    for entry in manifest if isinstance(manifest, list) else ():
+        rows = entry.get("chunks") if isinstance(entry, Mapping) else None
+        for row in rows if isinstance(rows, list) else ():
+            if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str)):
+                continue
+            compressed = row[3] if len(row) >= 4 else None
+            size = compressed if compressed is not None else row[1]
+            sizes[row[0]] = size if type(size) is int else -1
+    return sizes

@@ -46,6 +46,7 @@ from finsense.checkpoint.layout import (
     _files,
     episode_stem,
     is_chunk_name,
+    stored_sizes,
 )
 from finsense.errors import CheckpointError, ConfigError
 
@@ -331,15 +332,8 @@ def _sha256(data: bytes | memoryview) -> str:
 
 
 def _chunk_rows(meta: Mapping[str, Any]) -> dict[str, int]:
-    """The chunk digests a checkpoint's JSON lists, with their sizes."""
-    rows: dict[str, int] = {}
-    manifest = meta.get("chunked")
-    for entry in manifest if isinstance(manifest, list) else ():
-        chunks = entry.get("chunks") if isinstance(entry, Mapping) else None
-        for row in chunks if isinstance(chunks, list) else ():
-            if isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str):
-                rows[row[0]] = row[1] if type(row[1]) is int else -1
-    return rows
+    """The chunk digests a checkpoint's JSON lists, with the sizes of their files."""
+    return stored_sizes(meta)
 
 
 def _parse_meta(data: bytes, name: str, episode: int | None) -> dict[str, Any]:
