@@ -76,8 +76,9 @@ def assert_consistent(remote: RemoteModels) -> list[int]:
             got = hashlib.sha256(files[f"{stem}.train.pt"]).hexdigest()
             assert got == meta["sha256"]["training"], name
         for entry in meta.get("chunked", []):
-            for digest, size, _ in entry["chunks"]:
+            for digest, raw, _, packed in entry["chunks"]:
                 data = files[f"{CHUNKS_DIR}/{digest}"]
+                size = raw if packed is None else packed
                 assert len(data) == size and hashlib.sha256(data).hexdigest() == digest
     return listing.saved()
 
@@ -313,7 +314,7 @@ def test_resume_never_moves_the_remote_history_aside_too(
     # The archived checkpoints keep their chunks.
     meta = json.loads(archived["model_ep4.json"])
     for entry in meta["chunked"]:
-        for digest, _, _ in entry["chunks"]:
+        for digest, *_ in entry["chunks"]:
             assert f"{CHUNKS_DIR}/{digest}" in archived
 
 

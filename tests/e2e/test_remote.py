@@ -139,8 +139,9 @@ def assert_consistent(remote: RemoteModels) -> list[int]:
             training = remote.read(f"{stem}.train.pt")
             assert hashlib.sha256(training).hexdigest() == meta["sha256"]["training"], name
         for entry in meta.get("chunked", []):
-            for digest, size, _ in entry["chunks"]:
+            for digest, raw, _, packed in entry["chunks"]:
                 data = remote.read(f"{CHUNKS_DIR}/{digest}")
+                size = raw if packed is None else packed
                 assert len(data) == size and hashlib.sha256(data).hexdigest() == digest, name
     return listing.saved()
 
