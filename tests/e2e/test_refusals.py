@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from finsense.checkpoint.layout import FORMAT_VERSION
 from tests.e2e.helpers import status_output, wait_for
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_a_checkpoint_of_a_newer_finsense_is_never_overwritten(
 ) -> None:
     newer = finished / "models" / "model_ep4.json"
     meta = json.loads(newer.read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = FORMAT_VERSION + 1
     newer.write_text(json.dumps(meta))
     before = _snapshot(finished)
     for args in (["episodes=6"], ["episodes=6", "resume=never"], ["resume=models/model_ep2.pt"]):
@@ -91,7 +92,8 @@ def test_a_checkpoint_of_a_newer_finsense_is_never_overwritten(
         assert proc.returncode == 2, combined
         errors = [line for line in combined.splitlines() if line.startswith("ERROR")]
         assert errors == [
-            f"ERROR: {newer}: written by a newer FinSense (format_version 2 > 1); upgrade "
+            f"ERROR: {newer}: written by a newer FinSense (format_version {FORMAT_VERSION + 1} > "
+            f"{FORMAT_VERSION}); upgrade "
             "FinSense to continue this run, or train in another run directory (name=NEW)"
         ], combined
         assert "Traceback" not in combined
