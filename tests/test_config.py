@@ -43,6 +43,7 @@ def test_default_config_has_the_guides_checkpoint_defaults() -> None:
         "metric_name": None,  # the env's main metric: total_profit for trading envs
         "mode": "max",
         "save_every_minutes": None,
+        "remote": None,  # checkpoints stay local unless a URL is given
     }
     assert check_metric_name(cfg, EPISODE_METRIC_NAMES) == "total_profit"
     assert cfg.agent.network.hidden_sizes == [64, 64]

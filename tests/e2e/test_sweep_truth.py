@@ -108,6 +108,7 @@ _TWO_VALUES = {
     "checkpoints.metric_name": "total_profit,sharpe_ratio",
     "checkpoints.mode": "max,min",
     "checkpoints.save_every_minutes": "1,2",
+    "checkpoints.remote": "file:///nowhere/a,file:///nowhere/b",
 }
 
 
