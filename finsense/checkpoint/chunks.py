@@ -180,9 +180,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _map(fn: Callable[[_T], _R], items: list[_T], nbytes: int) -> list[_R]:
-    """``[fn(x) for x in items]``, in threads when there is much to do (``nbytes`` of it; -1:
-    always, for work that waits on the disk rather than the CPU)."""
-    if 0 <= nbytes < _PARALLEL_BYTES or len(items) < 2:
+    """``[fn(x) for x in items]``, in threads when there is much to do (``nbytes`` of it)."""
+    if nbytes < _PARALLEL_BYTES or len(items) < 2:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(_WORKERS, len(items))) as pool:
         return list(pool.map(fn, items))
@@ -295,8 +294,9 @@ def write_chunks(
         return path
 
     try:
-        # fsync() waits on the disk: several at once let it commit them together.
-        for path in _map(write, list(new.items()), -1):
+        # In threads only for a big write (a first save): a handful of chunks is written in the
+        # calling thread, so a save's system calls stay in one thread (strace's kill points).
+        for path in _map(write, list(new.items()), sum(map(len, new.values()))):
             created.append(path)
         if new:
             _fsync_dir(chunks_dir)
