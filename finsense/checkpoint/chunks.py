@@ -50,7 +50,7 @@ from finsense.checkpoint.durable import (
     _write_tmp,
     read_json,
 )
-from finsense.checkpoint.layout import CHUNKS_DIR, is_chunk_name
+from finsense.checkpoint.layout import CHUNKS_DIR, is_chunk_name, stored_sizes
 
 #: Target size of one chunk: small enough that a save rewrites little of a ring buffer beyond
 #: the rows it changed, large enough that a million-row buffer is about a thousand files.
@@ -415,15 +415,7 @@ def _read_one(job: tuple[Path, str, int | None, memoryview]) -> None:
 # -- garbage collection ----------------------------------------------------------------------
 def digests(meta: Mapping[str, Any]) -> set[str]:
     """The chunk digests a checkpoint's JSON lists."""
-    found: set[str] = set()
-    manifest = meta.get("chunked")
-    if isinstance(manifest, list):
-        for entry in manifest:
-            rows = entry.get("chunks") if isinstance(entry, Mapping) else None
-            for row in rows if isinstance(rows, list) else ():
-                if isinstance(row, list) and row and isinstance(row[0], str):
-                    found.add(row[0])
-    return found
+    return set(stored_sizes(meta))
 
 
 def listed_by(json_path: Path) -> set[str]:

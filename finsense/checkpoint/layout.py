@@ -142,9 +142,9 @@ def stored_sizes(meta: Mapping[str, Any]) -> dict[str, int]:
     for entry in manifest if isinstance(manifest, list) else ():
         rows = entry.get("chunks") if isinstance(entry, Mapping) else None
         for row in rows if isinstance(rows, list) else ():
-            if not (isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str)):
+            if not (isinstance(row, list) and row and isinstance(row[0], str)):
                 continue
             compressed = row[3] if len(row) >= 4 else None
-            size = compressed if compressed is not None else row[1]
+            size = compressed if compressed is not None else (row[1] if len(row) >= 2 else None)
             sizes[row[0]] = size if type(size) is int else -1
     return sizes
