@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -226,15 +226,7 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
         listing = Listing(frozenset())
 
     corrupt = tuple(listing.set_aside())
-    latest: dict[str, Any] | None = None
-    latest_episode = 0
-    for episode in listing.saved():
-        if not listing.has(episode_stem(episode), "pt"):
-            continue  # the weights were set aside or never landed: not a checkpoint
-        meta = _read_json(models / f"{episode_stem(episode)}.json")
-        if meta is not None and _as_int(meta.get("episode")) == episode:
-            latest, latest_episode = meta, episode
-            break
+    latest, latest_episode = _newest(listing, lambda name: _read_json(models / name))
 
     best = _read_json(models / f"{BEST}.json") if listing.has(BEST, "pt") else None
     best = best or {}
@@ -263,14 +255,8 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
         state = "running (damaged)" if corrupt else "running"
     elif failed_error(run_dir) is not None:
         state = "failed"  # its last run (a sweep job) failed: finsense-failed.json says why
-    elif corrupt:
-        state = "damaged"
-    elif latest is None:
-        state = "empty"
-    elif total is not None and latest_episode >= total:
-        state = "complete"
     else:
-        state = "interrupted"
+        state = _stored_state(corrupt, latest is not None, total, latest_episode)
 
     name = best.get("metric_name")
     return RunStatus(
@@ -287,6 +273,33 @@ def read_run(run_dir: Path, cwd: Path | None = None) -> RunStatus:
     )
 
 
+def _newest(
+    listing: Listing, read: Callable[[str], dict[str, Any] | None]
+) -> tuple[dict[str, Any] | None, int]:
+    """The newest checkpoint of ``listing`` whose JSON ``read(name)`` gives and agrees with its
+    name, and its episode: ``(None, 0)`` when there is none."""
+    for episode in listing.saved():
+        if not listing.has(episode_stem(episode), "pt"):
+            continue  # the weights were set aside or never landed: not a checkpoint
+        meta = read(f"{episode_stem(episode)}.json")
+        if meta is not None and _as_int(meta.get("episode")) == episode:
+            return meta, episode
+    return None, 0
+
+
+def _stored_state(
+    corrupt: tuple[str, ...], has_latest: bool, total: int | None, latest: int
+) -> str:
+    """The state of a run no process is writing, from what its ``models/`` holds."""
+    if corrupt:
+        return "damaged"
+    if not has_latest:
+        return "empty"
+    if total is not None and latest >= total:
+        return "complete"
+    return "interrupted"
+
+
 def read_remote_run(remote: Any) -> RunStatus:
     """The status of one run mirrored to a remote (``checkpoints.remote``), from its listing
     and JSON files only: as :func:`read_run`, without a lock to tell ``running`` (a remote run
@@ -295,25 +308,10 @@ def read_remote_run(remote: Any) -> RunStatus:
 
     listing = remote.listing()
     corrupt = tuple(listing.set_aside())
-    latest: dict[str, Any] | None = None
-    latest_episode = 0
-    for episode in listing.saved():
-        if not listing.has(episode_stem(episode), "pt"):
-            continue
-        meta = read_remote_json(remote, f"{episode_stem(episode)}.json")
-        if meta is not None and _as_int(meta.get("episode")) == episode:
-            latest, latest_episode = meta, episode
-            break
+    latest, latest_episode = _newest(listing, lambda name: read_remote_json(remote, name))
     best = (read_remote_json(remote, f"{BEST}.json") if listing.has(BEST, "pt") else None) or {}
     total = _as_int(latest.get("episodes_total")) if latest is not None else None
-    if corrupt:
-        state = "damaged"
-    elif latest is None:
-        state = "empty"
-    elif total is not None and latest_episode >= total:
-        state = "complete"
-    else:
-        state = "interrupted"
+    state = _stored_state(corrupt, latest is not None, total, latest_episode)
     name = best.get("metric_name")
     return RunStatus(
         run_dir=f"{remote.base_url}/{remote.run_name}",
