@@ -59,8 +59,9 @@ class CheckpointsConfig:
     save_frequency: int = 10  # save every N episodes (the final episode is always saved)
     max_keep: int = 5  # newest episodic checkpoints kept; best_model.* is always kept
     save_best: bool = True  # keep best_model.pt/json, chosen by metric_name
-    # Any key of the env's episode metrics (test_* with eval_every); null: the env's main metric
-    # (total_profit for trading envs, episode_return for others).
+    # Any key of the env's episode metrics or, for a trading env, their val_* / test_* twins;
+    # null: val_total_profit (validation profit) for trading envs with a validation split, else
+    # the env's main metric (total_profit; episode_return for others).
     metric_name: str | None = None
     mode: str = "max"  # max or min: which direction of metric_name is better
     save_every_minutes: float | None = None  # also save when this much wall time has passed
@@ -87,7 +88,9 @@ class FinSenseConfig:
     threads: int | None = None  # torch threads; null = FinSense's measured default
     name: str | None = None  # optional run name, part of the run directory
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
-    eval_every: int = 0  # evaluate on the test split every N episodes (0 = never)
+    # Score the greedy policy on the validation split every N episodes (val_* metrics); it is
+    # scored at every checkpoint too when a val_* metric chooses the best model. 0 = only then.
+    eval_every: int = 5
 
 
 def register_configs() -> None:
@@ -104,30 +107,44 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 
 def metric_names(
-    cfg: DictConfig | FinSenseConfig, episode_metrics: tuple[str, ...]
+    cfg: DictConfig | FinSenseConfig,
+    episode_metrics: tuple[str, ...],
+    held_out: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
     """The names ``checkpoints.metric_name`` may take: the env's ``episode_metrics``, and their
-    ``test_*`` twins when ``eval_every`` evaluates the test split."""
+    ``val_*`` / ``test_*`` twins for each held-out split the env can score (``held_out``: a
+    trading env's ``("val", "test")``, less a split with no rows)."""
     names = tuple(episode_metrics)
-    if int(cfg.eval_every) > 0:
-        names = names + tuple(f"test_{n}" for n in episode_metrics)
+    for split in held_out:
+        names = names + tuple(f"{split}_{n}" for n in episode_metrics)
     return names
 
 
-def check_metric_name(cfg: DictConfig, episode_metrics: tuple[str, ...]) -> str:
+def check_metric_name(
+    cfg: DictConfig, episode_metrics: tuple[str, ...], held_out: tuple[str, ...] = ()
+) -> str:
     """The ``checkpoints.metric_name`` of this run: the configured one if the env reports it,
-    else (null) the env's main metric, ``episode_metrics[0]``.
+    else (null) the validation split's main metric (``val_total_profit``) when the env has a
+    validation split, and the env's main metric, ``episode_metrics[0]``, when it has none.
 
     Raises:
         ConfigError: a name the env does not report, with the names it does.
     """
     name = cfg.checkpoints.metric_name
     if name is None:
+        if "val" in held_out:
+            return f"val_{episode_metrics[0]}"
         return episode_metrics[0]
-    names = metric_names(cfg, episode_metrics)
+    names = metric_names(cfg, episode_metrics, held_out)
     if name not in names:
-        test_hint = str(name).startswith("test_") and int(cfg.eval_every) <= 0
-        hint = " (test_* metrics need eval_every > 0)" if test_hint else ""
+        split = str(name).split("_", 1)[0]
+        hint = ""
+        if split in ("val", "test") and split not in held_out:
+            hint = (
+                " (val_* metrics need a validation split: env.data.val_fraction > 0)"
+                if split == "val"
+                else " (test_* metrics need a trading env with test rows)"
+            )
         raise ConfigError(
             f"checkpoints.metric_name: unknown metric {name!r}; "
             f"choose one of {', '.join(names)}{hint}"

@@ -453,15 +453,19 @@ def compare_to_baselines(curve: EquityCurve, confidence: float = 0.95) -> dict[s
     }
 
 
-def test_metrics(policy: Policy, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
-    """The greedy policy's test-split metrics with a ``test_`` prefix (``test_sharpe_ratio``, ...).
-
-    For the trainer's ``eval_every`` hook: one greedy episode over the whole test split (no
-    baselines). ``env_kwargs`` as in :func:`evaluate_policy`.
-    """
-    env = TradingEnv(**eval_env_kwargs(env_kwargs))
+def split_metrics(policy: Policy, env: TradingEnv) -> dict[str, float]:
+    """The greedy policy's metrics over one episode of ``env`` (built with
+    :func:`eval_env_kwargs`: the whole split), prefixed with the split's name
+    (``val_total_profit``, ``test_sharpe_ratio``, ...). No baselines: for the trainer's
+    ``eval_every`` scores. ``env`` is reset first, so one env serves every call."""
     _, agent = _greedy_history(policy, env)
-    return {f"test_{key}": float(value) for key, value in agent.items()}
+    return {f"{env.split}_{key}": float(value) for key, value in agent.items()}
+
+
+def test_metrics(policy: Policy, env_kwargs: Mapping[str, Any]) -> dict[str, float]:
+    """The greedy policy's test-split metrics with a ``test_`` prefix (``test_sharpe_ratio``, ...):
+    :func:`split_metrics` of the test split of ``env_kwargs`` (as in :func:`evaluate_policy`)."""
+    return split_metrics(policy, TradingEnv(**eval_env_kwargs(env_kwargs)))
 
 
 # Named by its contract, not a test: keep pytest from collecting it where it is imported.

@@ -43,7 +43,7 @@ from finsense.checkpoint import (
     write_json_atomic,
 )
 from finsense.cli import quiet_on_closed_stdout
-from finsense.data.market import n_test_rows
+from finsense.data.market import split_bounds
 from finsense.envs.trading import FEATURE_CLIP, TradingEnv
 from finsense.errors import CheckpointError, FinSenseError
 from finsense.evaluation import (
@@ -276,20 +276,22 @@ def _execution_spec(env: TradingEnv) -> dict[str, Any]:
 
 def _data_spec(env: TradingEnv) -> dict[str, Any]:
     market = env.data
-    # The env was built over every row (split "all"): the train/test boundary is recomputed
-    # with the env's own rule.
-    first_test = len(market) - n_test_rows(len(market), env.test_fraction)
+    # The env was built over every row (split "all"): the split boundaries are recomputed with
+    # the env's own rule.
+    first_val, first_test = split_bounds(len(market), env.val_fraction, env.test_fraction)
+
+    def date_of(row: int, stop: int) -> str | None:
+        return str(market.dates[row].astype("datetime64[D]")) if row < stop else None
+
     return {
         "source": market.source,
         "rows": len(market),
         "first_date": str(market.dates[0].astype("datetime64[D]")),
         "last_date": str(market.dates[-1].astype("datetime64[D]")),
-        "train_rows": first_test,
-        "first_test_date": (
-            str(market.dates[first_test].astype("datetime64[D]"))
-            if first_test < len(market)
-            else None
-        ),
+        "train_rows": first_val,
+        "first_val_date": date_of(first_val, first_test),
+        "first_test_date": date_of(first_test, len(market)),
+        "val_fraction": env.val_fraction,
         "test_fraction": env.test_fraction,
     }
 

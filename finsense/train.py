@@ -444,8 +444,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     seed_everything(cfg.seed)
     loggers = build_loggers(cfg)
     env = components.build_env(cfg)
-    cfg.checkpoints.metric_name = check_metric_name(cfg, components.episode_metric_names(env))
+    held_out = tuple(getattr(env.unwrapped, "held_out_splits", ()))
+    cfg.checkpoints.metric_name = check_metric_name(
+        cfg, components.episode_metric_names(env), held_out
+    )
     agent = components.build_agent(cfg, env, device)
+    evaluation = _HeldOutEvaluation.of_run(cfg, agent, held_out)
     plain = to_plain(cfg)
     settings = TrainSettings(
         episodes=cfg.episodes,
@@ -480,7 +484,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             settings,
             config=plain,
             loggers=loggers,
-            on_episode=_TestSplitEvaluation(cfg, env, agent) if int(cfg.eval_every) > 0 else None,
+            on_episode=evaluation,
             on_start=record.start,
         )
         try:
@@ -535,40 +539,75 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return loggers
 
 
-class _TestSplitEvaluation:
-    """``eval_every=N``: the greedy policy on the test split every N episodes and at every
-    checkpoint episode (so a ``test_*`` ``metric_name`` ranks every checkpoint); other rows carry
-    NaN so ``metrics.csv`` keeps one set of columns."""
+class _HeldOutEvaluation:
+    """The greedy policy scored on the splits kept out of training, as ``val_*`` and ``test_*``
+    columns of the episode's row.
 
-    def __init__(self, cfg: DictConfig, env: Any, agent: Any) -> None:
-        from finsense.errors import ConfigError
+    The validation split is scored every ``eval_every`` episodes, and at every checkpoint
+    episode when a ``val_*`` metric chooses the best model (so it ranks every checkpoint). The
+    test split is scored only when ``checkpoints.metric_name`` asks for a ``test_*`` metric, at
+    every checkpoint episode too, with a warning that it is then no longer held out. Other rows
+    carry NaN so ``metrics.csv`` keeps one set of columns. Greedy acting draws no random numbers:
+    evaluating does not change training.
+    """
 
-        if not hasattr(env.unwrapped, "history"):
-            raise ConfigError(
-                "eval_every evaluates on a trading env's test split; this env has none: "
-                "set eval_every=0 and evaluate with python -m finsense.evaluate RUN_DIR"
-            )
-        self.env_config = to_plain(cfg)["env"]
-        self.eval_every = int(cfg.eval_every)
+    def __init__(self, cfg: DictConfig, agent: Any, every: dict[str, int]) -> None:
+        from finsense.envs import TradingEnv
+        from finsense.evaluation import eval_env_kwargs
+
+        kwargs = eval_env_kwargs(to_plain(cfg)["env"])
+        # Built once, now: a split too short for the window is refused before any work.
+        self.envs = {split: TradingEnv(**{**kwargs, "split": split}) for split in every}
+        self.every = every
         self.save_frequency = int(cfg.checkpoints.save_frequency)
         self.episodes = int(cfg.episodes)
         self.max_steps = cfg.max_steps
         self.agent = agent
 
+    @classmethod
+    def of_run(
+        cls, cfg: DictConfig, agent: Any, held_out: tuple[str, ...]
+    ) -> _HeldOutEvaluation | None:
+        """The evaluation ``cfg`` asks for, or None when there is nothing to score (an env
+        with no held-out split, or ``eval_every=0`` and a training metric choosing the best).
+
+        ``every[split]`` is the split's period in episodes; 0 scores it at checkpoints only.
+        """
+        metric = str(cfg.checkpoints.metric_name)
+        every: dict[str, int] = {}
+        if "val" in held_out and (int(cfg.eval_every) > 0 or metric.startswith("val_")):
+            every["val"] = int(cfg.eval_every)
+        if metric.startswith("test_"):
+            log.warning(
+                "checkpoints.metric_name=%s chooses the best model on the test split: the test "
+                "split is then no longer held out, and its scores overstate what to expect on "
+                "new data; choose on the validation split (checkpoints.metric_name=val_%s)",
+                metric,
+                metric.removeprefix("test_"),
+            )
+            every["test"] = 0
+        return cls(cfg, agent, every) if every else None
+
     def __call__(self, episode: int, row: dict[str, Any]) -> dict[str, Any]:
         from finsense.config import EPISODE_METRIC_NAMES
-        from finsense.evaluation import test_metrics
+        from finsense.evaluation import split_metrics
 
-        due = (
-            episode % self.eval_every == 0
-            or episode % self.save_frequency == 0
+        checkpoint = (
+            episode % self.save_frequency == 0
             or episode == self.episodes
             or (self.max_steps is not None and self.agent.steps >= self.max_steps)
         )
-        if not due:
-            return {f"test_{name}": math.nan for name in EPISODE_METRIC_NAMES}
-        # Greedy acting draws no random numbers: evaluating does not change training.
-        return test_metrics(lambda obs: self.agent.act(obs, explore=False), self.env_config)
+        scores: dict[str, Any] = {}
+        for split, env in self.envs.items():
+            every = self.every[split]
+            if checkpoint or (every > 0 and episode % every == 0):
+                scores.update(split_metrics(self._act, env))
+            else:
+                scores.update({f"{split}_{name}": math.nan for name in EPISODE_METRIC_NAMES})
+        return scores
+
+    def _act(self, observation: Any) -> int:
+        return int(self.agent.act(observation, explore=False))
 
 
 class _InterruptedError(Exception):

@@ -694,12 +694,20 @@ class Trainer:
             self.settings.progress == "auto" and sys.stdout.isatty()
         )
         metric = self.manager.metric_name
+        # A held-out score (val_*, test_*) is measured every few episodes: the bar shows the
+        # latest one with its episode, a log line only the episode's own.
+        latest: dict[str, Any] = {}
 
         def shown(value: Any) -> str:
             return f"{value:,.2f}" if isinstance(value, int | float) else str(value)
 
+        def scored(value: Any) -> bool:
+            return not (isinstance(value, float) and math.isnan(value))
+
         def line(episode: int, row: dict[str, Any]) -> str:
-            parts = [f"{metric}={shown(row.get(metric, math.nan))}"]
+            parts = []
+            if metric not in row or scored(row[metric]):  # a missing metric shows as nan
+                parts.append(f"{metric}={shown(row.get(metric, math.nan))}")
             if metric != "total_profit" and "total_profit" in row:
                 parts.append(f"total_profit={shown(row['total_profit'])}")
             parts += [f"{k}={row[k]:.3f}" for k in self._agent_metrics() if k in row]
@@ -716,7 +724,17 @@ class Trainer:
 
             def update(episode: int, row: dict[str, Any]) -> None:
                 _file_only(line(episode, row))
-                postfix = {metric: f"{row.get(metric, math.nan):,.2f}"}
+                value = row.get(metric, math.nan)
+                if scored(value):
+                    latest.update(value=value, episode=episode)
+                elif "value" in latest:
+                    value = latest["value"]
+                shown_value = f"{value:,.2f}"
+                if "episode" in latest and latest["episode"] != episode:
+                    shown_value += f" (ep {latest['episode']})"
+                postfix = {metric: shown_value}
+                if metric != "total_profit" and "total_profit" in row:
+                    postfix["total_profit"] = f"{row['total_profit']:,.2f}"
                 postfix.update({k: f"{row[k]:.3f}" for k in self._agent_metrics() if k in row})
                 bar.set_postfix(postfix)
                 bar.update(1)

@@ -79,12 +79,24 @@ def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_test_metrics_are_valid_only_with_eval_every() -> None:
+def test_held_out_metrics_are_valid_only_for_an_env_with_that_split() -> None:
     names = EPISODE_METRIC_NAMES
-    with pytest.raises(ConfigError, match="eval_every"):
-        check_metric_name(_compose("checkpoints.metric_name=test_sharpe_ratio"), names)
-    cfg = _compose("checkpoints.metric_name=test_sharpe_ratio", "eval_every=5")
-    assert check_metric_name(cfg, names) == "test_sharpe_ratio"
+    cfg = _compose("checkpoints.metric_name=val_sharpe_ratio")
+    assert check_metric_name(cfg, names, ("val", "test")) == "val_sharpe_ratio"
+    with pytest.raises(ConfigError, match="env.data.val_fraction > 0"):
+        check_metric_name(cfg, names, ("test",))
+    cfg = _compose("checkpoints.metric_name=test_sharpe_ratio")
+    assert check_metric_name(cfg, names, ("val", "test")) == "test_sharpe_ratio"
+    with pytest.raises(ConfigError, match="test_\\* metrics need a trading env"):
+        check_metric_name(cfg, names)
+
+
+def test_the_default_best_metric_is_validation_profit_where_there_is_a_validation_split() -> None:
+    cfg = _compose()
+    assert cfg.checkpoints.metric_name is None
+    assert check_metric_name(cfg, EPISODE_METRIC_NAMES, ("val", "test")) == "val_total_profit"
+    assert check_metric_name(cfg, EPISODE_METRIC_NAMES, ("test",)) == "total_profit"
+    assert check_metric_name(cfg, ("episode_return", "episode_length")) == "episode_return"
 
 
 def test_wrong_type_fails_at_composition() -> None:

@@ -16,7 +16,9 @@ from finsense.data import (
     load_market_data,
     load_prices,
     sample_prices,
+    split_bounds,
     split_by_time,
+    split_fractions,
     synthetic_prices,
 )
 from finsense.errors import ConfigError, DataError
@@ -320,6 +322,50 @@ def test_time_split_never_overlaps_and_covers_every_row(n_rows: int, test_fracti
     if len(test):
         assert train.dates[-1] < test.dates[0]
     np.testing.assert_array_equal(np.concatenate([train.dates, test.dates]), data.dates)
+
+
+@given(
+    st.integers(min_value=1, max_value=500),
+    st.floats(min_value=0.0, max_value=0.49),
+    st.floats(min_value=0.0, max_value=0.49),
+)
+def test_split_bounds_give_three_ordered_splits_covering_every_row(
+    n_rows: int, val_fraction: float, test_fraction: float
+) -> None:
+    first_val, first_test = split_bounds(n_rows, val_fraction, test_fraction)
+    assert 0 <= first_val <= first_test <= n_rows
+    assert n_rows - first_test == int(n_rows * test_fraction)
+    assert first_test - first_val == int(n_rows * val_fraction)
+    assert first_test == len(
+        split_by_time(
+            MarketData(
+                dates=np.arange(n_rows).astype("datetime64[D]").astype("datetime64[ns]"),
+                close=np.ones(n_rows),
+                source="test",
+            ),
+            test_fraction,
+        )[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"val_fraction": 1.0}, r"env.data.val_fraction must be in \[0, 1\)"),
+        ({"val_fraction": "a"}, r"env.data.val_fraction must be float"),
+        ({"val_fraction": 0.3, "test_fraction": 0.7}, r"must be < 1 to leave rows for training"),
+    ],
+)
+def test_bad_split_fractions_are_a_config_error_naming_the_key(spec: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        split_fractions(spec)
+    with pytest.raises(ConfigError, match=match):
+        load_market_data(spec)
+
+
+def test_split_fractions_default_to_a_tenth_and_a_fifth() -> None:
+    assert split_fractions(None) == (0.1, 0.2)
+    assert split_fractions({"val_fraction": None, "test_fraction": 0.3}) == (0.1, 0.3)
 
 
 @pytest.mark.parametrize("test_fraction", [-0.1, 1.0, 2.0])

@@ -461,25 +461,46 @@ def test_step_before_reset_asks_for_reset() -> None:
         TradingEnv().step(0)
 
 
-def test_training_episodes_never_see_test_rows() -> None:
+def _shocked_after(data: MarketData, row: int) -> MarketData:
+    """``data`` with every price from ``row`` on changed wildly."""
+    shocked = data.close.copy()
+    shocked[row:] *= np.linspace(2.0, 9.0, len(data) - row)
+    return MarketData(data.dates, shocked, data.source)
+
+
+def test_training_episodes_never_see_validation_or_test_rows() -> None:
     base = synthetic_prices(n_steps=400)
-    shocked = base.close.copy()
-    shocked[320:] *= np.linspace(2.0, 9.0, 80)  # the test rows (the last 20%) differ wildly
-    other = MarketData(base.dates, shocked, base.source)
-    test_start = base.dates[320]
+    # 400 rows: 280 training rows, then 40 validation rows (10%), then 80 test rows (20%).
+    other = _shocked_after(base, 280)
+    val_start = base.dates[280]
     for seed in range(20):
         a, b = TradingEnv(base, episode_length=None), TradingEnv(other, episode_length=None)
+        assert a.feature_scale == b.feature_scale
         actions = np.random.default_rng(seed).integers(0, 2, a.episode_length).tolist()
         for x, y in zip(run(a, actions, seed), run(b, actions, seed), strict=True):
             np.testing.assert_array_equal(x[0], y[0])
             assert x[1:4] == y[1:4]
-        assert a.history()["dates"][-1] < test_start
+        assert a.history()["dates"][-1] < val_start
     short = TradingEnv(base, episode_length=20)
     for seed in range(50):
         short.reset(seed=seed)
         for _ in range(20):
             short.step(1)
-        assert short.history()["dates"][-1] < test_start
+        assert short.history()["dates"][-1] < val_start
+
+
+def test_validation_episodes_trade_only_over_validation_rows_and_never_see_test_rows() -> None:
+    base = synthetic_prices(n_steps=400)
+    env = TradingEnv(base, split="val", episode_length=None, random_start=False)
+    assert env.split_rows == (280, 320) and env.episode_length == 39
+    actions = np.random.default_rng(0).integers(0, 2, env.episode_length).tolist()
+    shocked = TradingEnv(_shocked_after(base, 320), split="val", episode_length=None)
+    for x, y in zip(run(env, actions), run(shocked, actions), strict=True):
+        np.testing.assert_array_equal(x[0], y[0])
+        assert x[1:4] == y[1:4]
+    np.testing.assert_array_equal(env.history()["dates"], base.dates[280:320])
+    # The training rows alone set the scale: validation and test prices do not move it.
+    assert env.feature_scale == TradingEnv(_shocked_after(base, 280), split="val").feature_scale
 
 
 def test_test_episodes_trade_only_over_test_rows() -> None:
@@ -492,6 +513,57 @@ def test_test_episodes_trade_only_over_test_rows() -> None:
     assert env.split_rows == (300, 400)
 
 
+def test_held_out_splits_are_the_non_empty_ones() -> None:
+    assert TradingEnv({"n_steps": 400}).held_out_splits == ("val", "test")
+    assert TradingEnv({"n_steps": 400, "val_fraction": 0}).held_out_splits == ("test",)
+    no_test = {"n_steps": 400, "val_fraction": 0, "test_fraction": 0}
+    assert TradingEnv(no_test).held_out_splits == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "split", "error", "match"),
+    [
+        (
+            {"n_steps": 400, "val_fraction": 0},
+            "val",
+            ConfigError,
+            r"env.data.val_fraction is 0.0: .* has no validation rows; raise env.data.val_fraction",
+        ),
+        (
+            {"n_steps": 400, "val_fraction": 0.0025},  # one validation row: no step fits
+            "val",
+            DataError,
+            r"too few rows for the val split .* or a larger env.data.val_fraction",
+        ),
+        (
+            {"n_steps": 100, "val_fraction": 0.4, "test_fraction": 0.4},
+            "train",
+            DataError,
+            r"too few rows for the train split with window_size=30: the split has 20 rows .* "
+            r"smaller env.data.val_fraction / env.data.test_fraction",
+        ),
+        (
+            {"n_steps": 100, "val_fraction": 0.5, "test_fraction": 0.5},
+            "train",
+            ConfigError,
+            r"env.data.val_fraction \(0.5\) \+ env.data.test_fraction \(0.5\) must be < 1",
+        ),
+        (
+            {"val_fraction": -0.1},
+            "train",
+            ConfigError,
+            r"env.data.val_fraction must be in \[0, 1\)",
+        ),
+    ],
+)
+def test_fractions_that_leave_a_split_too_short_are_one_clear_line(
+    data: dict, split: str, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match) as info:
+        TradingEnv(data, split=split)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -501,7 +573,7 @@ def test_test_episodes_trade_only_over_test_rows() -> None:
         ({"episode_length": 0}, "env.episode_length"),
         ({"initial_cash": 0.0}, "env.initial_cash must be > 0"),
         ({"reward": "sharpe"}, "env.reward must be one of log_return, profit"),
-        ({"split": "validation"}, "env.split must be one of train, test, all"),
+        ({"split": "validation"}, "env.split must be one of train, val, test, all"),
         ({"data": {"source": "synthetic", "test_fraction": 0.0}, "split": "test"}, "no test rows"),
         ({"data": {"bogus": 1}}, r"env\.data\.bogus is not a key of env\.data"),
         ({"execution": "open"}, "env.execution must be one of next_close, next_open, close"),
@@ -517,7 +589,7 @@ def test_bad_env_value_is_a_config_error_naming_the_key(kwargs: dict[str, Any], 
 
 def test_episode_longer_than_the_split_is_a_config_error() -> None:
     with pytest.raises(
-        ConfigError, match=r"env.episode_length=2000 does not fit the train split.*1569 steps"
+        ConfigError, match=r"env.episode_length=2000 does not fit the train split.*1369 steps"
     ):
         TradingEnv(episode_length=2000)
 

@@ -131,7 +131,8 @@ def test_export_writes_weights_program_and_spec(tmp_path: Path) -> None:
     assert spec["execution"]["fill"].startswith("at the next close")
     assert spec["execution"]["slippage_bps"] == 2.0 and spec["execution"]["borrow_rate"] == 0.005
     assert spec["env"] == env_section(True)
-    assert spec["data"]["train_rows"] == 240 and spec["data"]["rows"] == 300
+    assert spec["data"]["train_rows"] == 210 and spec["data"]["rows"] == 300
+    assert spec["data"]["val_fraction"] == 0.1 and spec["data"]["first_val_date"] is not None
 
     program = torch.export.load(out / "policy.pt2").module()
     obs = torch.randn(7, WINDOW + 1)

@@ -2,7 +2,8 @@
 
 Every source gives a :class:`MarketData` (dates and close prices, sorted by date);
 :func:`load_market_data` builds one from the ``env.data`` config mapping, and
-:func:`split_by_time` holds out the last rows for testing.
+:func:`split_by_time` holds out the last rows for testing, :func:`split_bounds` gives the
+train / validation / test boundaries the env uses.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from finsense.data.loader import (
     load_prices,
     prices_from_frame,
     sample_prices,
+    split_fractions,
 )
-from finsense.data.market import MarketData, split_by_time
+from finsense.data.market import MarketData, split_bounds, split_by_time
 from finsense.data.synthetic import synthetic_prices
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "load_prices",
     "prices_from_frame",
     "sample_prices",
+    "split_bounds",
     "split_by_time",
+    "split_fractions",
     "synthetic_prices",
 ]

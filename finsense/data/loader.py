@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from finsense.data.market import MarketData, n_test_rows
+from finsense.data.market import MarketData, split_bounds
 from finsense.data.synthetic import synthetic_prices
 from finsense.errors import ConfigError, DataError
 
@@ -46,6 +46,7 @@ DATA_KEYS: tuple[str, ...] = (
     "date_column",
     "close_column",
     "open_column",
+    "val_fraction",
     "test_fraction",
     *SYNTHETIC_KEYS,
 )
@@ -314,13 +315,35 @@ def _typed(spec: Mapping[str, Any], key: str, kind: type) -> Any:
         raise ConfigError(f"env.data.{key} must be {kind.__name__}, got {value!r}") from None
 
 
+#: The split of an ``env.data`` mapping that leaves ``val_fraction``/``test_fraction`` unset.
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def split_fractions(spec: Mapping[str, Any] | None) -> tuple[float, float]:
+    """``(val_fraction, test_fraction)`` of an ``env.data`` mapping (defaults 0.1 and 0.2; a
+    missing or null key takes its default), checked with :func:`finsense.data.split_bounds`.
+
+    Raises:
+        ConfigError: a fraction that is not a number in [0, 1), or two that leave no training row.
+    """
+    spec = spec or {}
+    val = spec.get("val_fraction")
+    test = spec.get("test_fraction")
+    val_fraction = DEFAULT_VAL_FRACTION if val is None else _typed(spec, "val_fraction", float)
+    test_fraction = DEFAULT_TEST_FRACTION if test is None else _typed(spec, "test_fraction", float)
+    split_bounds(0, val_fraction, test_fraction)
+    return val_fraction, test_fraction
+
+
 def load_market_data(spec: Mapping[str, Any] | None, *, with_open: bool = False) -> MarketData:
     """The prices an ``env.data`` config mapping describes; None gives the synthetic defaults.
 
     Keys: ``source`` (``synthetic``, ``sample`` or ``file``; default synthetic), ``path``,
     ``date_column``, ``close_column`` and ``open_column`` (file), ``sample`` (sample), the keyword
-    arguments of :func:`synthetic_prices` (synthetic) and ``test_fraction`` (read by the env,
-    checked here). Keys that belong to another source are ignored, so one schema serves all three.
+    arguments of :func:`synthetic_prices` (synthetic), ``val_fraction`` and ``test_fraction``
+    (read by the env, checked here). Keys that belong to another source are ignored, so one
+    schema serves all three.
     ``with_open`` also reads the open prices (``env.execution=next_open``).
 
     Raises:
@@ -333,8 +356,7 @@ def load_market_data(spec: Mapping[str, Any] | None, *, with_open: bool = False)
         from finsense.config import unknown_key
 
         raise unknown_key(unknown[0], "env.data", list(DATA_KEYS))
-    if spec.get("test_fraction") is not None:
-        n_test_rows(0, _typed(spec, "test_fraction", float))
+    split_fractions(spec)
     source = spec.get("source") or "synthetic"
     if source == "synthetic":
         kwargs = {

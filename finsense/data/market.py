@@ -1,4 +1,4 @@
-"""The market data value every loader returns, and the train/test split by time."""
+"""The market data value every loader returns, and the train/validation/test split by time."""
 
 from __future__ import annotations
 
@@ -50,12 +50,38 @@ class MarketData:
 
 def n_test_rows(n_rows: int, test_fraction: float) -> int:
     """How many of ``n_rows`` rows the test split holds: ``floor(n_rows * test_fraction)``."""
-    if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError(
-            f"env.data.test_fraction must be in [0, 1), got {test_fraction!r}; "
-            "e.g. env.data.test_fraction=0.2 holds out the last 20% of rows"
-        )
+    _check_fraction("test_fraction", test_fraction, "holds out the last 20% of rows", 0.2)
     return int(n_rows * test_fraction)
+
+
+def split_bounds(n_rows: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Where the validation and the test split start: ``(first_val_row, first_test_row)``.
+
+    Rows are split by time: training rows first, then ``floor(n_rows * val_fraction)``
+    validation rows, then the last ``floor(n_rows * test_fraction)`` rows for testing. Each split
+    may be empty; the three never overlap and together are every row.
+
+    Raises:
+        ConfigError: a fraction outside [0, 1), or fractions that leave no training row.
+    """
+    _check_fraction("val_fraction", val_fraction, "validates on the 10% before the test rows", 0.1)
+    n_test = n_test_rows(n_rows, test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(
+            f"env.data.val_fraction ({val_fraction}) + env.data.test_fraction ({test_fraction}) "
+            "must be < 1 to leave rows for training; e.g. env.data.val_fraction=0.1 "
+            "env.data.test_fraction=0.2"
+        )
+    first_test = n_rows - n_test
+    return first_test - int(n_rows * val_fraction), first_test
+
+
+def _check_fraction(key: str, value: float, example: str, default: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"env.data.{key} must be in [0, 1), got {value!r}; "
+            f"e.g. env.data.{key}={default} {example}"
+        )
 
 
 def split_by_time(data: MarketData, test_fraction: float = 0.2) -> tuple[MarketData, MarketData]:

@@ -14,15 +14,22 @@ from gymnasium import spaces
 
 from finsense import metrics
 from finsense.config import EPISODE_METRIC_NAMES
-from finsense.data import MarketData, load_market_data, load_prices, prices_from_frame
-from finsense.data.market import n_test_rows
+from finsense.data import (
+    MarketData,
+    load_market_data,
+    load_prices,
+    prices_from_frame,
+    split_bounds,
+    split_fractions,
+)
+from finsense.data.loader import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from finsense.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 #: ``split`` values: the rows an env trades over.
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "val", "test", "all")
 #: ``reward`` values.
 REWARDS = ("log_return", "profit")
 #: ``execution`` values: when an order chosen after observing ``close_t`` is filled.
@@ -33,8 +40,6 @@ DEFAULT_SLIPPAGE_BPS = 2.0
 #: Default ``borrow_rate``: a yearly fee in the range brokers charge to borrow easy-to-borrow
 #: large caps (0.25% to 0.5%); hard-to-borrow names cost far more. Only shorts pay it.
 DEFAULT_BORROW_RATE = 0.005
-#: ``test_fraction`` used when a MarketData (not a config mapping) is passed.
-DEFAULT_TEST_FRACTION = 0.2
 #: Normalised returns are clipped to +/- this many training standard deviations.
 FEATURE_CLIP = 10.0
 _log = math.log  # bound once: step() is the hot path
@@ -62,14 +67,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _market_data(data: Any, with_open: bool) -> tuple[MarketData, float]:
-    """The prices ``data`` names and the test fraction that goes with them (with the opens when
-    ``with_open``: a DataError where there are none).
+def _market_data(data: Any, with_open: bool) -> tuple[MarketData, tuple[float, float]]:
+    """The prices ``data`` names and the ``(val_fraction, test_fraction)`` that go with them
+    (with the opens when ``with_open``: a DataError where there are none).
 
     ``gymnasium.make(..., data=...)`` users pass a file path or a DataFrame as often as the
     ``env.data`` mapping the trainer passes, so each is read through the loader's validation.
-    Only the mapping can carry a ``test_fraction``; the other forms use the default.
+    Only the mapping can carry the fractions; the other forms use the defaults (0.1 and 0.2).
     """
+    defaults = (DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION)
     open_column = "Open" if with_open else None
     if isinstance(data, MarketData):
         if with_open and data.open is None:
@@ -77,15 +83,14 @@ def _market_data(data: Any, with_open: bool) -> tuple[MarketData, float]:
                 f"{data.source}: has no open prices, and env.execution=next_open fills at the "
                 "next open; pass MarketData(..., open=...) or use env.execution=next_close"
             )
-        return data, DEFAULT_TEST_FRACTION
+        return data, defaults
     if isinstance(data, str | os.PathLike):
-        return load_prices(Path(data), open_column=open_column), DEFAULT_TEST_FRACTION
+        return load_prices(Path(data), open_column=open_column), defaults
     if _is_dataframe(data):
-        return prices_from_frame(data, open_column=open_column), DEFAULT_TEST_FRACTION
+        return prices_from_frame(data, open_column=open_column), defaults
     if data is None or isinstance(data, Mapping):
-        given = (data or {}).get("test_fraction")
-        test_fraction = DEFAULT_TEST_FRACTION if given is None else float(given)
-        return load_market_data(data, with_open=with_open), test_fraction
+        fractions = split_fractions(data)
+        return load_market_data(data, with_open=with_open), fractions
     raise ConfigError(
         "env.data must be an env.data mapping, a path to a .csv or .parquet file, a pandas "
         f"DataFrame or a MarketData, got {type(data).__name__}"
@@ -148,8 +153,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     **Episode start**: flat with ``initial_cash``, at a row drawn with ``self.np_random`` (seeded by
     ``reset(seed=)``) such that ``episode_length`` steps fit in the split, or at the first possible
     row (``random_start=False``). The first possible row leaves ``window_size`` returns before it.
-    Test episodes start on a test row; a window reaching back before the first test row shows the
-    training rows just before it as context (prices known by then; no trading on them).
+    Validation and test episodes start on a row of their split; a window reaching back before
+    the split's first row shows the rows just before it as context (prices known by then; no
+    trading on them).
 
     **Episode end**: after ``episode_length`` steps (``None``: every row of the split) the episode
     is *truncated*: it is a time limit, not a terminal state of the market, so value bootstrapping
@@ -164,18 +170,22 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     :attr:`position` properties (of ``env.unwrapped``), or the whole path from :meth:`history`;
     keeping info empty keeps a step cheap.
 
-    **Splits**: ``split="train"`` trades over the first rows, ``"test"`` over the last
-    ``test_fraction`` of rows (``env.data.test_fraction``, default 0.2), ``"all"`` over every row.
-    Training episodes never see a test row.
+    **Splits** (by time, :func:`finsense.data.split_bounds`): ``split="test"`` trades over the
+    last ``test_fraction`` of rows (``env.data.test_fraction``, default 0.2), ``"val"`` over the
+    ``val_fraction`` of rows just before them (``env.data.val_fraction``, default 0.1; for choosing
+    the best model), ``"train"`` over the rows before those and ``"all"`` over every row. Training
+    episodes never see a validation or test row, validation episodes never a test row.
 
     Args:
         data: a MarketData, an ``env.data`` config mapping (see
-            :func:`finsense.data.load_market_data`; its ``test_fraction`` sets the split), a path
+            :func:`finsense.data.load_market_data`; its ``val_fraction`` and ``test_fraction``
+            set the splits), a path
             to a ``.csv`` or ``.parquet`` file (:func:`finsense.data.load_prices`), a pandas
             DataFrame with ``Date`` and ``Close`` columns (or a ``Date`` index;
             :func:`finsense.data.prices_from_frame`), or None for the synthetic default. A path or
-            DataFrame uses ``test_fraction`` 0.2 (and its ``Open`` column for ``next_open``).
-        split: ``train``, ``test`` or ``all``.
+            DataFrame uses ``val_fraction`` 0.1 and ``test_fraction`` 0.2 (and its ``Open``
+            column for ``next_open``).
+        split: ``train``, ``val``, ``test`` or ``all``.
         window_size: past log returns in each observation, >= 1.
         episode_length: steps per episode, >= 1, or None for the whole split.
         random_start: start each episode at a seeded random row (else at the first possible row).
@@ -265,10 +275,13 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             render_mode,
         )
 
-        market, test_fraction = _market_data(data, with_open=execution == "next_open")
+        market, (val_fraction, test_fraction) = _market_data(
+            data, with_open=execution == "next_open"
+        )
 
         self.data = market
         self.split = split
+        self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.window_size = int(window_size)
         self.random_start = bool(random_start)
@@ -281,12 +294,19 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         self.borrow_rate = float(borrow_rate)
 
         n_rows = len(market)
-        n_train = n_rows - n_test_rows(n_rows, test_fraction)
-        low, high = {"train": (0, n_train), "test": (n_train, n_rows), "all": (0, n_rows)}[split]
-        if split == "test" and high <= low:
+        n_train, n_fit = split_bounds(n_rows, val_fraction, test_fraction)
+        low, high = {
+            "train": (0, n_train),
+            "val": (n_train, n_fit),
+            "test": (n_fit, n_rows),
+            "all": (0, n_rows),
+        }[split]
+        if split in ("val", "test") and high <= low:
+            key = f"{split}_fraction"
             raise ConfigError(
-                f"env.data.test_fraction is {test_fraction}: {market.source} has no test rows; "
-                "raise env.data.test_fraction (e.g. 0.2)"
+                f"env.data.{key} is {val_fraction if split == 'val' else test_fraction}: "
+                f"{market.source} has no {'validation' if split == 'val' else 'test'} rows; "
+                f"raise env.data.{key} (e.g. {DEFAULT_VAL_FRACTION if split == 'val' else 0.2})"
             )
         # The first row an episode may start at: it has window_size returns behind it.
         first = max(low, self.window_size)
@@ -296,7 +316,12 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
                 f"{market.source}: too few rows for the {split} split with window_size="
                 f"{self.window_size}: the split has {high - low} rows ({n_rows} in all) and needs "
                 f"at least {first + 2 - low}; use more data, a smaller env.window_size"
-                + (" or a larger env.data.test_fraction" if split == "test" else "")
+                + {
+                    "train": " or smaller env.data.val_fraction / env.data.test_fraction",
+                    "val": " or a larger env.data.val_fraction",
+                    "test": " or a larger env.data.test_fraction",
+                    "all": "",
+                }[split]
             )
         if episode_length is not None and episode_length > max_steps:
             raise ConfigError(
@@ -371,6 +396,15 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._position_history: list[int] = []
         # Attributes are kept few (about 30 with gymnasium's): CPython 3.11 reads instance
         # attributes fastest while an object's attribute names fit its class's shared-key table.
+
+    @property
+    def held_out_splits(self) -> tuple[str, ...]:
+        """The splits kept out of training that have rows: ``"val"`` and ``"test"``, in that
+        order, less an empty one (a fraction of 0). The trainer scores the policy on them."""
+        n_rows = len(self.data)
+        first_val, first_test = split_bounds(n_rows, self.val_fraction, self.test_fraction)
+        bounds = {"val": (first_val, first_test), "test": (first_test, n_rows)}
+        return tuple(split for split, (low, high) in bounds.items() if high > low)
 
     @property
     def trade_cost(self) -> float:

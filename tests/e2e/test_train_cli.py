@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -357,37 +358,70 @@ def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(
     assert "Training already complete!" in resumed.stdout
 
 
-def test_eval_every_ranks_best_model_on_the_test_split_and_logs_tensorboard(
+def test_the_best_model_is_chosen_on_the_validation_split_and_the_test_split_stays_out(
     tmp_path: Path, train_cmd
 ) -> None:
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
-    proc = train_cmd(
-        "episodes=4",
-        "eval_every=2",
-        "checkpoints.metric_name=test_sharpe_ratio",
-        "logger=tensorboard",
-        at,
-    )
+    proc = train_cmd("episodes=6", "eval_every=3", "logger=tensorboard", at)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test split" not in proc.stdout + proc.stderr
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    assert "val_total_profit" in rows[0] and not any(k.startswith("test_") for k in rows[0])
+    # Scored every 3 episodes and at every checkpoint (save_frequency=2); NaN in between.
+    scored = [int(r["episode"]) for r in rows if not math.isnan(float(r["val_total_profit"]))]
+    assert scored == [2, 3, 4, 6]
+    best = json.loads((run_dir / "models" / "best_model.json").read_text())
+    assert best["metric_name"] == "val_total_profit"
+    at_checkpoints = {int(r["episode"]): float(r["val_total_profit"]) for r in rows}
+    assert best["metric_value"] == max(at_checkpoints[e] for e in (2, 4, 6))
+    assert best["metrics"]["val_total_profit"] == best["metric_value"]
+    assert "val_total_profit=" in proc.stdout + proc.stderr  # the log line of a scored episode
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val_total_profit")] == [2, 3, 4, 6]
+
+
+def test_choosing_on_a_test_metric_warns_and_ranks_every_checkpoint(
+    tmp_path: Path, train_cmd
+) -> None:
+    run_dir = tmp_path / "run"
+    at = f"hydra.run.dir={run_dir}"
+    chosen = ("eval_every=0", "checkpoints.metric_name=test_sharpe_ratio", "logger=tensorboard")
+    proc = train_cmd("episodes=4", *chosen, at)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "chooses the best model on the test split: the test split is then no longer held "
+        "out" in proc.stdout + proc.stderr
+    )
     header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert "test_sharpe_ratio" in header.split(",") and len(rows) == 4
+    assert "val_total_profit" not in header.split(",")  # eval_every=0: validation not asked for
     best = (run_dir / "models" / "best_model.json").read_text()
     assert '"metric_name": "test_sharpe_ratio"' in best
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    resumed = train_cmd(
-        "episodes=6",
-        "eval_every=2",
-        "checkpoints.metric_name=test_sharpe_ratio",
-        "logger=tensorboard",
-        at,
-    )
+    resumed = train_cmd("episodes=6", *chosen, at)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("total_profit")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_validation_split_too_short_is_refused_before_the_run_directory_is_made(
+    tmp_path: Path, train_cmd
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = train_cmd("env.data.val_fraction=0.0025", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "too few rows for the val split" in errors[0], proc.stderr
+    assert not run_dir.exists()
 
 
 def test_training_goes_on_quietly_when_the_console_reader_goes_away(tmp_path: Path) -> None:
