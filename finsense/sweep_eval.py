@@ -68,7 +68,7 @@ from finsense.evaluation import (
     load_run_config,
     run_evaluation,
 )
-from finsense.report import job_labels, seed_and_config_key, seedless_name
+from finsense.report import seed_and_config_key, seedless_name
 from finsense.status import find_run_dirs
 from finsense.sweeps import failed_error
 
@@ -95,6 +95,8 @@ class JobResult:
         agent: the greedy agent's test metrics (keys of :func:`finsense.metrics.episode_metrics`).
         buy_and_hold: buy-and-hold's test metrics.
         returns: the agent's daily simple test returns.
+        overrides: its command line's overrides without ``seed``, sorted
+            (:func:`job_overrides`): what its configuration is called.
     """
 
     job: str
@@ -103,6 +105,7 @@ class JobResult:
     agent: Mapping[str, Any]
     buy_and_hold: Mapping[str, Any]
     returns: np.ndarray
+    overrides: tuple[str, ...] = ()
 
     @property
     def sharpe_per_period(self) -> float:
@@ -145,6 +148,7 @@ class Deflation:
     Attributes:
         best: the best configuration's label.
         job: the job whose returns were tested (the median seed's).
+        seed: that job's seed (None when unrecorded).
         n_trials: ``N``, the configurations with a Sharpe ratio.
         trial_variance: ``V``, the sample variance of their per-period Sharpe ratios (None for
             one trial).
@@ -157,6 +161,7 @@ class Deflation:
 
     best: str
     job: str
+    seed: int | None
     n_trials: int
     trial_variance: float | None
     sharpe: float
@@ -178,13 +183,16 @@ class SweepEvaluation:
         ``n``, ``jobs`` (``job``, ``seed``, ``agent``, ``buy_and_hold``,
         ``sharpe_per_period``), ``agent`` and ``buy_and_hold`` (``{metric: {"mean", "std"}}``),
         ``sharpe_per_period`` (``{"mean", "std"}``)), ``skipped`` (``job``, ``reason``) and
-        ``deflated_sharpe`` (the :class:`Deflation` fields, or null)."""
+        ``deflated_sharpe`` (null, or :class:`Deflation`'s ``best``, ``job``, ``seed``,
+        ``n_trials``, ``trial_variance``, ``sharpe`` as ``sharpe_per_period``, ``benchmark`` as
+        ``benchmark_per_period``, ``n_returns`` and ``dsr``). Non-finite numbers are null."""
         deflation = None
         if self.deflation is not None:
             d = self.deflation
             deflation = {
                 "best": d.best,
                 "job": d.job,
+                "seed": d.seed,
                 "n_trials": d.n_trials,
                 "trial_variance": d.trial_variance,
                 "sharpe_per_period": d.sharpe,
@@ -262,7 +270,39 @@ def evaluate_job(
         agent=result.agent,
         buy_and_hold=result.buy_and_hold,
         returns=metrics.simple_returns(result.curve.agent_equity),
+        overrides=job_overrides(job_dir, job),
     )
+
+
+def job_overrides(job_dir: Path, job: str) -> tuple[str, ...]:
+    """The job's overrides without ``seed=...``, sorted: from ``.hydra/overrides.yaml``, or
+    where that is unreadable, the ``key=value`` parts of its directory name (which a long name
+    shortens with a hash and percent-encodes, so it is only the fallback)."""
+    import yaml
+
+    try:
+        with open(job_dir / ".hydra" / "overrides.yaml", encoding="utf-8") as f:
+            recorded = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    if isinstance(recorded, list) and all(isinstance(o, str) for o in recorded):
+        parts = recorded
+    else:
+        parts = seedless_name(job).split(",")
+    return tuple(sorted(o for o in parts if o.partition("=")[0].lstrip("+~") != "seed"))
+
+
+def configuration_labels(overrides: Sequence[Sequence[str]]) -> list[str]:
+    """Short names of configurations from their overrides: the overrides that are not the same
+    in all of them, comma-joined (``agent.gamma=0.9``); one left empty (or a single
+    configuration) keeps all its overrides, and one without any is ``default``. The rule of
+    :func:`finsense.report.job_labels`, on the recorded overrides rather than on directory
+    names (which a long name shortens with a hash)."""
+    common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
+    return [
+        ",".join(o for o in parts if o not in common) or ",".join(parts) or "default"
+        for parts in overrides
+    ]
 
 
 # -- the statistics -------------------------------------------------------------------------------
@@ -289,7 +329,7 @@ def aggregate(jobs: Sequence[JobResult]) -> list[ConfigResult]:
         sorted(g, key=lambda j: (j.seed is None, j.seed if j.seed is not None else 0, j.job))
         for g in groups.values()
     ]
-    labels = job_labels([seedless_name(g[0].job) for g in members])
+    labels = configuration_labels([g[0].overrides for g in members])
     configs = [
         ConfigResult(
             label=label,
@@ -343,6 +383,7 @@ def deflate(configs: Sequence[ConfigResult]) -> Deflation | None:
     return Deflation(
         best=best.label,
         job=job.job,
+        seed=job.seed,
         n_trials=len(trials),
         trial_variance=variance,
         sharpe=job.sharpe_per_period,
@@ -440,11 +481,12 @@ def format_deflation(deflation: Deflation | None, n_configs: int) -> list[str]:
     d = deflation
     annual = math.sqrt(metrics.TRADING_DAYS_PER_YEAR)
     value = "n/a (its test returns are constant)" if not math.isfinite(d.dsr) else f"{d.dsr:.2f}"
+    seed = f"job {d.job}" if d.seed is None else f"seed={d.seed}"
     tried = f"{d.n_trials} configuration{'s' if d.n_trials != 1 else ''}"
     lines = [
         f"Best configuration: {d.best}; deflated Sharpe ratio {value} given {tried} tried "
         "(P[true Sharpe > 0] after selection)",
-        f"  tested: {d.job} (its median seed), {d.n_returns} daily returns, Sharpe ratio "
+        f"  tested: its median seed ({seed}), {d.n_returns} daily test returns, Sharpe ratio "
         f"{d.sharpe * annual:.2f} annualised against {d.benchmark * annual:.2f} expected from "
         f"the best of {d.n_trials} without skill",
     ]

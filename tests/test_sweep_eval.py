@@ -26,7 +26,8 @@ GAMMA = 0.5772156649015329  # Euler-Mascheroni
 def job(name: str, seed: int, config: str, returns: list[float], **agent: float) -> JobResult:
     metrics = {m: 0.0 for m in TABLE_METRICS} | agent
     hold = {m: 1.0 for m in TABLE_METRICS}
-    return JobResult(name, seed, config, metrics, hold, np.asarray(returns, dtype=np.float64))
+    overrides = tuple(p for p in name.split(",") if not p.startswith("seed="))
+    return JobResult(name, seed, config, metrics, hold, np.asarray(returns), overrides)
 
 
 # -- aggregation -----------------------------------------------------------------------------------
@@ -49,6 +50,26 @@ def test_jobs_differing_only_in_seed_are_one_configuration_with_mean_and_std() -
     assert first.sharpe_per_period["std"] == pytest.approx(np.std(sharpes, ddof=1))
     # One seed: a mean and no spread.
     assert second.agent["total_return"] == {"mean": -0.5, "std": None}
+
+
+def test_configurations_are_named_by_their_recorded_overrides_not_their_hashed_dir(
+    tmp_path: Path,
+) -> None:
+    job_dir = tmp_path / "agent.learning_rate=0.001,env.episode~343219c70a7c"
+    (job_dir / ".hydra").mkdir(parents=True)
+    recorded = ["progress=log", "seed=1", "agent.learning_rate=0.001", "episodes=2"]
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(recorded))
+    found = sweep_eval.job_overrides(job_dir, job_dir.name)
+    assert found == ("agent.learning_rate=0.001", "episodes=2", "progress=log")
+    other = ("agent.learning_rate=0.01", "episodes=2", "progress=log")
+    assert sweep_eval.configuration_labels([found, other]) == [
+        "agent.learning_rate=0.001",
+        "agent.learning_rate=0.01",
+    ]
+    assert sweep_eval.configuration_labels([found]) == [",".join(found)]
+    assert sweep_eval.configuration_labels([()]) == ["default"]
+    # Unrecorded: the directory name's parts, seed dropped.
+    assert sweep_eval.job_overrides(tmp_path / "none", "b=2,seed=3,a=1") == ("a=1", "b=2")
 
 
 def test_the_median_seed_is_the_lower_middle_one() -> None:
