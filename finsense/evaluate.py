@@ -7,6 +7,10 @@ rows) and a random policy, all traded under the run's execution model and costs;
 ``RUN_DIR/eval/test_metrics.json`` and ``RUN_DIR/eval/equity.csv`` (see
 :mod:`finsense.evaluation`).
 
+RUN_DIR may be a sweep directory (``multirun/<sweep>``): every job is evaluated as above and the
+configurations are compared over their seeds, the best one with its deflated Sharpe ratio; see
+:mod:`finsense.sweep_eval`, which writes ``SWEEP_DIR/eval/sweep_metrics.json``.
+
 The run is RUN_DIR, or the one the train command with the same overrides uses
 (``python -m finsense.evaluate seed=1 env=googl``), or with neither the default run,
 ``outputs/default`` (see :mod:`finsense.runs`). The options are ``key=value`` or the guide's
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FinSenseError(f"seeds={options['seeds']}: must be an integer >= 1")
         ma_windows = _ma_windows(options)
         run_dir = args.find()
+        if _is_sweep(run_dir):
+            return _evaluate_sweep(run_dir, options["checkpoint"], seeds, ma_windows)
         if not is_trading_run(load_run_config(run_dir)):
             return _evaluate_episodes(run_dir, options)
         result = run_evaluation(
@@ -207,6 +213,26 @@ def _ma_windows(options: dict[str, str]) -> tuple[int, int]:
             "with 1 <= ma_short < ma_long (e.g. ma_short=10 ma_long=50)"
         ) from None
     return check_ma_windows(windows)
+
+
+def _is_sweep(path: Path) -> bool:
+    """Whether ``path`` is a sweep directory (:func:`finsense.sweep_eval.sweep_job_dirs`)."""
+    from finsense.sweep_eval import sweep_job_dirs  # imports this module: loaded on use
+
+    return bool(sweep_job_dirs(path))
+
+
+def _evaluate_sweep(
+    sweep_dir: Path, checkpoint: str, seeds: int, ma_windows: tuple[int, int]
+) -> int:
+    """Every job of a sweep, compared per configuration (see :mod:`finsense.sweep_eval`)."""
+    from finsense.sweep_eval import evaluate_sweep, print_sweep
+
+    result = evaluate_sweep(
+        sweep_dir, checkpoint, seeds_random=seeds, ma_windows=ma_windows, progress=True
+    )
+    print_sweep(sweep_dir, result)
+    return 0
 
 
 def _evaluate_episodes(run_dir: Path, options: dict[str, str]) -> int:

@@ -457,7 +457,7 @@ class JobSummary:
 _SEED_PART = re.compile(r"^seed=(-?\d+)$")
 
 
-def _seed_and_key(run_dir: Path, job: str) -> tuple[int | None, str]:
+def seed_and_config_key(run_dir: Path, job: str) -> tuple[int | None, str]:
     """The job's seed and its grouping key: its recorded config without ``seed``, or where no
     seed is recorded there, its directory name without the ``seed=N`` part."""
     import yaml
@@ -500,7 +500,7 @@ def summarize_jobs(sweep_dir: Path, run_dirs: Sequence[Path]) -> list[JobSummary
         except FinSenseError:
             done, final = 0, None
         job = str(run_dir.relative_to(sweep_dir))
-        seed, config_key = _seed_and_key(run_dir, job)
+        seed, config_key = seed_and_config_key(run_dir, job)
         summary = JobSummary(
             job=job,
             metric_name=name,
@@ -555,7 +555,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return float(known.mean()), std
 
 
-def _seedless_name(job: str) -> str:
+def seedless_name(job: str) -> str:
+    """A job's directory name without its ``seed=N`` part (the whole name when nothing is left)."""
     return ",".join(p for p in job.split(",") if not _SEED_PART.match(p)) or job
 
 
@@ -564,12 +565,12 @@ def aggregate_seeds(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[ConfigS
     best first (by the first job's ``checkpoints.mode``); groups without one come last."""
     groups: dict[str, list[JobSummary]] = {}
     for job in jobs:
-        groups.setdefault(job.config_key or _seedless_name(job.job), []).append(job)
+        groups.setdefault(job.config_key or seedless_name(job.job), []).append(job)
     members = [
         sorted(g, key=lambda j: (j.seed is None, j.seed if j.seed is not None else 0, j.job))
         for g in groups.values()
     ]
-    labels = job_labels([_seedless_name(g[0].job) for g in members])
+    labels = job_labels([seedless_name(g[0].job) for g in members])
     summaries = []
     for group, label in zip(members, labels, strict=True):
         best_mean, best_std = _mean_std([j.best_value for j in group])
