@@ -231,7 +231,6 @@ def test_a_launchers_signal_handler_is_called_after_the_checkpoint_is_saved(
     assert seen == [(signal.SIGUSR1, True)]  # once, and only after episode 3 was saved
 
 
-
 class SpecEnv(CountingEnv):
     """A CountingEnv that declares what a policy observes, as the trading env does."""
 
