@@ -1,5 +1,5 @@
-"""``python -m finsense.evaluate [RUN_DIR | OVERRIDE ...] [checkpoint=...] [seeds=N] [ma_short=N]
-[ma_long=N]``.
+"""``python -m finsense.evaluate [RUN_DIR [ENV_OVERRIDE ...] | OVERRIDE ...] [checkpoint=...]
+[seeds=N] [ma_short=N] [ma_long=N]``.
 
 Runs the greedy policy of a run's checkpoint on the run's held-out test split and prints it side
 by side with buy-and-hold, a momentum rule, a moving-average crossover (``ma_short``/``ma_long``
@@ -14,8 +14,17 @@ configurations are compared over their seeds, the best one with its deflated Sha
 The run is RUN_DIR, or the one the train command with the same overrides uses
 (``python -m finsense.evaluate seed=1 env=googl``), or with neither the default run,
 ``outputs/default`` (see :mod:`finsense.runs`). The options are ``key=value`` or the guide's
-``--checkpoint latest``, ``--seeds 3``. A user's mistake (a missing or damaged run directory, no
-checkpoint, an unknown argument) is one line on stderr and exit code 2.
+``--checkpoint latest``, ``--seeds 3``.
+
+A backtest: after a RUN_DIR, ``env=NAME`` and ``env.KEY=VALUE`` overrides run the same policy,
+baselines and metrics on other data (``python -m finsense.evaluate RUN_DIR
+env.data.path=new.csv``, ``... RUN_DIR env=googl``): every row of new data, observed as in
+training (the checkpoint's feature scale and window), written to
+``RUN_DIR/eval/backtest/<data name>/`` (see :mod:`finsense.backtest` for the keys it takes).
+
+A user's mistake (a missing or damaged run directory, no checkpoint, an unknown argument, an
+override a backtest refuses, a data file that cannot be read) is one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
@@ -30,12 +39,15 @@ from finsense.cli import quiet_on_closed_stdout
 from finsense.errors import FinSenseError
 from finsense.evaluation import (
     DEFAULT_MA_WINDOWS,
+    EQUITY_FILE,
+    METRICS_FILE,
     RULES,
     TABLE_METRICS,
     EvalResult,
     check_ma_windows,
     is_trading_run,
     load_run_config,
+    results_dir,
     run_episode_evaluation,
     run_evaluation,
 )
@@ -43,7 +55,8 @@ from finsense.runs import Option, make_parser, parse_run_args
 
 PROG = "finsense.evaluate"
 #: The command's own options (``key=value`` or ``--key value``); every other ``key=value`` is an
-#: override of the train command that names the run.
+#: override of the train command that names the run, or after a RUN_DIR an env override (a
+#: backtest).
 OPTIONS: dict[str, Option] = {
     "checkpoint": Option(
         "best", "best|latest|PATH", "which checkpoint: the best model, the newest, or a file"
@@ -114,14 +127,31 @@ def format_table(result: EvalResult) -> str:
 
 
 def _describe(result: EvalResult, run_dir: Path) -> str:
-    """The line above the table: which checkpoint, which rows."""
-    period = result.to_json(run_dir)["period"]
-    where = result.to_json(run_dir)["checkpoint"]
+    """The lines above the table: which checkpoint, which rows, for a backtest how the policy
+    observes, and the execution model."""
+    found = result.to_json(run_dir)
+    period, where = found["period"], found["checkpoint"]
     episode = "" if result.episode is None else f" (episode {result.episode})"
-    lines = [
-        f"Test split {period['start']} to {period['end']} ({period['steps']} steps), "
-        f"checkpoint {where}{episode}"
-    ]
+    span = f"{period['start']} to {period['end']} ({period['steps']} steps)"
+    if result.split == "all":
+        rows = result.data.get("rows")
+        rows_of = f"{rows:,} rows" if isinstance(rows, int) else "rows"
+        lines = [
+            f"All {rows_of} of {result.data.get('source')}: {span}, checkpoint {where}{episode}"
+        ]
+    else:
+        lines = [f"Test split {span}, checkpoint {where}{episode}"]
+    seen = result.observation
+    if result.backtest is not None and seen:
+        origin = (
+            "saved with the policy"
+            if seen.get("from") == "checkpoint"
+            else "recomputed from the run's data"
+        )
+        lines.append(
+            f"Observed as in training: {seen['window_size']} daily log returns / "
+            f"{seen['feature_scale']:.6g} (the training rows' std, {origin})"
+        )
     ex = result.execution
     if ex:
         lines.append(
@@ -167,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(
         PROG,
         "Evaluate a run's checkpoint on its held-out test split, side by side with "
-        "buy-and-hold, a momentum rule, a moving-average crossover and a random policy.",
+        "buy-and-hold, a momentum rule, a moving-average crossover and a random policy. "
+        "After a RUN_DIR, env overrides backtest it on other data: RUN_DIR "
+        "env.data.path=new.csv, RUN_DIR env=googl.",
         OPTIONS,
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        args = parse_run_args(parser, sys.argv[1:] if argv is None else argv, OPTIONS)
+        args = parse_run_args(
+            parser, sys.argv[1:] if argv is None else argv, OPTIONS, env_overrides=True
+        )
         options = args.options
         try:
             seeds = int(options["seeds"])
@@ -185,9 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         if _is_sweep(run_dir):
             return _evaluate_sweep(run_dir, options["checkpoint"], seeds, ma_windows)
         if not is_trading_run(load_run_config(run_dir)):
+            if args.env_overrides:
+                raise FinSenseError(
+                    f"{' '.join(args.env_overrides)}: {run_dir} trains on a non-trading env; "
+                    "a backtest on other prices needs a trading run"
+                )
             return _evaluate_episodes(run_dir, options)
         result = run_evaluation(
-            run_dir, options["checkpoint"], seeds_random=seeds, ma_windows=ma_windows
+            run_dir,
+            options["checkpoint"],
+            seeds_random=seeds,
+            ma_windows=ma_windows,
+            env_overrides=args.env_overrides,
         )
     except FinSenseError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -199,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(statistics)
     for note in result.notes:
         print(f"note: {note}")
-    print(f"Wrote {run_dir / 'eval' / 'test_metrics.json'} and equity.csv")
+    print(f"Wrote {results_dir(run_dir, result) / METRICS_FILE} and {EQUITY_FILE}")
     return 0
 
 

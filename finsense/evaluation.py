@@ -14,9 +14,16 @@ fee, slippage and borrow cost. The policies:
   last ``ma_long``, short (when allowed; else flat) while it is below (:func:`ma_crossover_signal`).
   Its averages may reach back into the training rows before the first test row (prices known by
   then, as the observation's window does); it is skipped, with a note, when the test split is
-  shorter than ``ma_long`` rows or too few rows precede it.
+  shorter than ``ma_long`` rows or too few rows precede it. On every row of new data (a
+  backtest's) nothing precedes the rows: it stays flat until its long average exists, with a
+  note.
 
-Files written by :func:`run_evaluation` into ``RUN_DIR/eval/``:
+A backtest (``env_overrides``, :mod:`finsense.backtest`) runs the same policies and metrics on
+other data: every row of new data (``split="all"``), or the run's own test split when only the
+trading rules change.
+
+Files written by :func:`run_evaluation` into ``RUN_DIR/eval/`` (a backtest's into
+``RUN_DIR/eval/backtest/<data name>/``, :func:`results_dir`):
 
 - ``test_metrics.json``: ``agent``, ``buy_and_hold``, ``momentum`` and ``ma_crossover`` (metrics
   dicts, keys of :func:`finsense.metrics.episode_metrics`; a skipped rule is ``null``),
@@ -27,7 +34,12 @@ Files written by :func:`run_evaluation` into ``RUN_DIR/eval/``:
   when it lies inside it) and ``period`` (``start``/``end`` dates and ``steps`` of the test
   episode), ``statistics`` (:func:`compare_to_baselines`: the agent's probabilistic Sharpe ratio,
   and for each baseline a 95% block-bootstrap interval of the agent's annualised Sharpe ratio
-  minus the baseline's). Non-finite numbers are written as ``null`` so the file is strict JSON.
+  minus the baseline's), ``split`` (``"test"``, or ``"all"`` for a backtest on new data),
+  ``data`` (``source``: the prices' origin; ``rows``: how many in all), ``observation`` (the
+  policy's ``feature_scale``, ``window_size``, ``allow_short`` and ``execution``, and ``from``:
+  ``"checkpoint"`` or, for an older checkpoint, ``"run data"``) and ``backtest`` (null, or
+  ``overrides``, ``new_data`` and ``name``). Non-finite numbers are written as ``null`` so the
+  file is strict JSON.
 - ``equity.csv``: one row per test row: ``date`` (ISO), ``agent_equity``,
   ``buy_and_hold_equity`` (currency), ``position`` (the agent's position held from the
   previous row to this one, -1/0/1 as in :mod:`finsense.metrics`; 0 on the first row), then
@@ -42,7 +54,7 @@ import functools
 import io
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,6 +147,15 @@ class EvalResult:
         execution: the env's ``execution``, ``fee``, ``slippage_bps`` and ``borrow_rate`` every
             policy traded under (``model`` for the execution).
         notes: one line per baseline skipped, saying why.
+        statistics: :func:`compare_to_baselines` of ``curve``.
+        split: the rows scored: ``"test"`` (the test split) or ``"all"`` (every row of new data,
+            a backtest's).
+        data: ``source`` (the prices' origin, as :class:`finsense.data.MarketData` names it)
+            and ``rows`` (how many rows the data has in all).
+        observation: what the policy observed (:attr:`TradingEnv.observation_spec`) and
+            ``from``: ``"checkpoint"`` (saved with the policy) or ``"run data"`` (an older
+            checkpoint: computed from the run's own data, as in training).
+        backtest: for a backtest, ``overrides`` (as given) and ``new_data`` (bool); else None.
     """
 
     agent: dict[str, Any]
@@ -149,6 +170,10 @@ class EvalResult:
     execution: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     statistics: Mapping[str, Any] = field(default_factory=dict)
+    split: str = "test"
+    data: Mapping[str, Any] = field(default_factory=dict)
+    observation: Mapping[str, Any] = field(default_factory=dict)
+    backtest: Mapping[str, Any] | None = None
 
     def to_json(self, run_dir: Path | None = None) -> dict[str, Any]:
         """The content of ``test_metrics.json`` (paths relative to ``run_dir`` when inside it)."""
@@ -172,6 +197,10 @@ class EvalResult:
             "execution": dict(self.execution),
             "notes": list(self.notes),
             "statistics": dict(self.statistics),
+            "split": self.split,
+            "data": dict(self.data),
+            "observation": dict(self.observation),
+            "backtest": None if self.backtest is None else dict(self.backtest),
             "episode": self.episode,
             "checkpoint": checkpoint,
             "period": {
@@ -183,15 +212,17 @@ class EvalResult:
 
 
 # -- running policies -----------------------------------------------------------------------------
-def eval_env_kwargs(env_config: Mapping[str, Any]) -> dict[str, Any]:
-    """TradingEnv keyword arguments for the whole test split, from a run config's ``env`` section.
+def eval_env_kwargs(env_config: Mapping[str, Any], split: str = "test") -> dict[str, Any]:
+    """TradingEnv keyword arguments for the whole ``split`` (default the test split), from a run
+    config's ``env`` section.
 
-    ``split``, ``episode_length`` and ``random_start`` are replaced by :data:`TEST_OVERRIDES`;
-    every other key (``data``, ``window_size``, ``fee``, ``execution``, ...) is kept, so the test
-    episode sees the same market, features, fills and costs as training.
+    ``split``, ``episode_length`` and ``random_start`` are replaced by :data:`TEST_OVERRIDES`
+    (with this ``split``); every other key (``data``, ``window_size``, ``fee``, ``execution``,
+    ...) is kept, so the test episode sees the same market, features, fills and costs as
+    training.
     """
     kwargs = {k: v for k, v in dict(env_config).items() if not str(k).startswith("_")}
-    return {**kwargs, **TEST_OVERRIDES}
+    return {**kwargs, **TEST_OVERRIDES, "split": split}
 
 
 def run_episode(env: TradingEnv, act: Callable[[np.ndarray], int]) -> dict[str, np.ndarray]:
@@ -275,12 +306,13 @@ def _ma_skip_note(env: TradingEnv, short: int, long: int) -> str | None:
     low, high = env.split_rows
     first_decision = max(low, env.window_size)
     if high - low < long:
+        rows = "the test split" if env.split == "test" else "the data"
         return (
-            f"ma_crossover skipped: the test split has {high - low} rows, fewer than the long "
+            f"ma_crossover skipped: {rows} has {high - low} rows, fewer than the long "
             f"window ma_long={long}; lower ma_long (and ma_short={short}) or raise "
             "env.data.test_fraction"
         )
-    if first_decision + 1 < long:
+    if first_decision + 1 < long and env.split != "all":
         return (
             f"ma_crossover skipped: only {first_decision + 1} rows up to the first test decision, "
             f"fewer than the long window ma_long={long}; lower ma_long"
@@ -317,6 +349,7 @@ def evaluate_policy(
     *,
     seeds_random: int = 10,
     ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS,
+    split: str = "test",
 ) -> EvalResult:
     """Evaluate the greedy policy of ``policy`` on the whole test split, beside the baselines.
 
@@ -329,10 +362,12 @@ def evaluate_policy(
             :func:`eval_env_kwargs`).
         seeds_random: how many random-policy episodes (seeds ``0 .. seeds_random - 1``), >= 1.
         ma_windows: the moving-average crossover's (short, long) windows, ``1 <= short < long``.
+        split: the rows: ``"test"`` (the test split), or ``"all"`` (every row: data the policy
+            never trained on).
 
     Returns:
         The agent's, buy-and-hold's, the random policy's and the rules' metrics over the same
-        test rows, each run through the same env (execution model and costs).
+        rows, each run through the same env (execution model and costs).
 
     Raises:
         FinSenseError: ``ma_windows`` out of range.
@@ -340,7 +375,7 @@ def evaluate_policy(
     if seeds_random < 1:
         raise ValueError(f"seeds_random must be >= 1, got {seeds_random}")
     short, long = check_ma_windows(ma_windows)
-    env = TradingEnv(**eval_env_kwargs(env_kwargs))
+    env = TradingEnv(**eval_env_kwargs(env_kwargs, split))
     history, agent = _greedy_history(policy, env)
     long_action = int(env.action_space.n) - 1
     hold_history = run_episode(env, lambda obs: long_action)
@@ -358,6 +393,12 @@ def evaluate_policy(
     skip = _ma_skip_note(env, short, long)
     if skip is None:
         signals["ma_crossover"] = ma_crossover_signal(env.data.close, short, long, env.allow_short)
+        if max(env.split_rows[0], env.window_size) + 1 < long:
+            # Every row of the data: no earlier prices to average, so the rule waits.
+            notes.append(
+                f"ma_crossover stays flat until row {long - 1}, the first with ma_long={long} "
+                "closes to average"
+            )
     else:
         notes.append(skip)
     rules: dict[str, dict[str, Any] | None] = dict.fromkeys(RULES)
@@ -393,6 +434,9 @@ def evaluate_policy(
         execution=execution,
         notes=tuple(notes),
         statistics=compare_to_baselines(curve),
+        split=env.split,
+        data={"source": env.data.source, "rows": len(env.data)},
+        observation=env.observation_spec,
     )
 
 
@@ -584,9 +628,16 @@ def run_evaluation(
     *,
     seeds_random: int = 10,
     ma_windows: tuple[int, int] = DEFAULT_MA_WINDOWS,
+    env_overrides: Sequence[str] = (),
 ) -> EvalResult:
-    """Evaluate a run's checkpoint on its test split; write ``eval/test_metrics.json`` and
-    ``eval/equity.csv`` (see the module docstring) and return the result.
+    """Evaluate a run's checkpoint on its test split, or with ``env_overrides`` backtest it on
+    other data (:mod:`finsense.backtest`); write ``test_metrics.json`` and ``equity.csv`` (see the
+    module docstring) into :func:`results_dir` and return the result.
+
+    The policy observes as it was trained to: the feature scale, window, shorting and execution
+    saved with it (its ``observation``) are imposed on the env, execution unless an override
+    sets it. A checkpoint written before policies held them is evaluated as before: the scale
+    comes from the run's own data (computed from the training rows, as in training).
 
     Args:
         run_dir: a run directory (with ``.hydra/config.yaml`` and ``models/``).
@@ -595,29 +646,80 @@ def run_evaluation(
             to ``run_dir`` or to ``run_dir/models``).
         seeds_random: random-policy seeds.
         ma_windows: the moving-average crossover's (short, long) windows.
+        env_overrides: ``env=NAME`` / ``env.KEY=VALUE`` overrides of a backtest; empty: the
+            run's own test split.
 
     Raises:
         FinSenseError: the run directory, its config, its data or its checkpoint is missing or
-            damaged (CheckpointError for checkpoints); the message says which and what to do.
+            damaged (CheckpointError for checkpoints), or an override is refused (ConfigError);
+            the message says which and what to do.
     """
+    from finsense import backtest
+
     run_dir = Path(run_dir)
     check_ma_windows(ma_windows)
+    overrides = backtest.parse_env_overrides(env_overrides) if env_overrides else None
     config = load_run_config(run_dir)
     env_kwargs = run_env_kwargs(run_dir, config)
+    plan = None if overrides is None else backtest.backtest_env(env_kwargs, overrides)
     manager, selected = select_checkpoint(run_dir, config, checkpoint)
-    q_network, metadata, path = load_policy_network(manager, selected)
+    policy = load_policy_network(manager, selected)
+
+    observation, origin = policy.observation, "checkpoint"
+    if observation is None:
+        # An older checkpoint: what the policy saw in training is the run's own data's scale.
+        origin = "run data"
+        if plan is not None and plan.new_data:
+            observation = _run_observation(run_dir, env_kwargs, policy.path)
+    split = "test"
+    if plan is not None:
+        env_kwargs, split = plan.env_kwargs, plan.env_kwargs["split"]
+    if observation is not None:
+        rules = {} if overrides is None else overrides.rules
+        env_kwargs = {**env_kwargs, **{k: v for k, v in observation.items() if k not in rules}}
 
     result = evaluate_policy(
-        q_network, env_kwargs, seeds_random=seeds_random, ma_windows=ma_windows
+        policy.network, env_kwargs, seeds_random=seeds_random, ma_windows=ma_windows, split=split
     )
-    episode = metadata.get("episode")
+    episode = policy.metadata.get("episode")
     result = replace(
         result,
         episode=episode if isinstance(episode, int) else None,
-        checkpoint=path,
+        checkpoint=policy.path,
+        observation={**result.observation, "from": origin},
+        backtest=None
+        if plan is None
+        else {"overrides": list(plan.overrides.args), "new_data": plan.new_data, "name": plan.name},
     )
     write_results(result, run_dir)
     return result
+
+
+def _run_observation(run_dir: Path, env_kwargs: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The observation spec of the run's own env (for a checkpoint that holds none).
+
+    Raises:
+        CheckpointError: the run's data cannot be read, so the scale cannot be recovered.
+    """
+    try:
+        return TradingEnv(**{**env_kwargs, "split": "all"}).observation_spec
+    except FinSenseError as exc:
+        raise CheckpointError(
+            f"{path}: written before checkpoints held the policy's feature scale, which is "
+            f"then read from the run's own data, and that cannot be read ({exc}); restore the "
+            "run's data, or backtest a checkpoint of a newer training"
+        ) from None
+
+
+def results_dir(run_dir: str | Path, result: EvalResult) -> Path:
+    """Where ``result``'s files go: ``RUN_DIR/eval``, or for a backtest
+    ``RUN_DIR/eval/backtest/<data name>`` (:func:`finsense.backtest.data_name` of the data it
+    ran on), so a backtest never replaces the run's own evaluation."""
+    if result.backtest is None:
+        return Path(run_dir) / EVAL_DIR
+    from finsense.backtest import results_dir as backtest_dir
+
+    return backtest_dir(Path(run_dir), str(result.backtest.get("name") or "data"))
 
 
 def is_trading_run(config: Mapping[str, Any]) -> bool:
@@ -650,7 +752,8 @@ def run_episode_evaluation(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     manager, selected = select_checkpoint(run_dir, config, checkpoint)
-    network, metadata, path = load_policy_network(manager, selected)
+    policy = load_policy_network(manager, selected)
+    network, metadata, path = policy.network, policy.metadata, policy.path
     env = build_env(OmegaConf.create({"env": config["env"]}))
     act = greedy_actor(network)
     returns, lengths = [], []
@@ -691,11 +794,29 @@ def run_episode_evaluation(
     return result
 
 
+@dataclass(frozen=True, eq=False)
+class LoadedPolicy:
+    """A checkpoint's policy, loaded for acting (:func:`load_policy_network`).
+
+    Attributes:
+        network: the policy network (eval mode, CPU).
+        metadata: the checkpoint's metadata (its JSON; empty when there is none).
+        path: the checkpoint file.
+        observation: what the policy observes (:attr:`TradingEnv.observation_spec`, saved by the
+            trainer for a trading env), or None (another env, or an older checkpoint).
+    """
+
+    network: torch.nn.Module
+    metadata: dict[str, Any]
+    path: Path
+    observation: dict[str, Any] | None = None
+
+
 def load_policy_network(
     manager: CheckpointManager, selected: CheckpointInfo | Path
-) -> tuple[torch.nn.Module, dict[str, Any], Path]:
-    """The policy network of ``selected`` (eval mode, CPU), its metadata and its file, loaded
-    with the manager that selected it (see :func:`select_checkpoint`).
+) -> LoadedPolicy:
+    """The policy of ``selected`` (network in eval mode on the CPU, metadata, file, observation
+    spec), loaded with the manager that selected it (see :func:`select_checkpoint`).
 
     Raises:
         CheckpointError: the checkpoint holds no policy or not a FinSense one.
@@ -715,7 +836,13 @@ def load_policy_network(
         raise CheckpointError(
             f"{path}: not a FinSense policy ({type(exc).__name__}: {exc}); pass another checkpoint"
         ) from None
-    return network, metadata if isinstance(metadata, dict) else {}, path
+    observation = state["policy"].get("observation")
+    return LoadedPolicy(
+        network,
+        metadata if isinstance(metadata, dict) else {},
+        path,
+        dict(observation) if isinstance(observation, Mapping) else None,
+    )
 
 
 def _path_of(selected: CheckpointInfo | Path) -> Path:
@@ -724,11 +851,12 @@ def _path_of(selected: CheckpointInfo | Path) -> Path:
 
 # -- files ----------------------------------------------------------------------------------------
 def write_results(result: EvalResult, run_dir: Path) -> tuple[Path, Path]:
-    """Write ``eval/test_metrics.json`` and ``eval/equity.csv`` under ``run_dir``; return both.
+    """Write ``test_metrics.json`` and ``equity.csv`` into :func:`results_dir` (``eval/`` under
+    ``run_dir``, or a backtest's own directory there); return both.
 
     Each file is written to a temporary name and renamed, so a reader never sees half a file.
     """
-    out = Path(run_dir) / EVAL_DIR
+    out = results_dir(run_dir, result)
     metrics_path = out / METRICS_FILE
     equity_path = out / EQUITY_FILE
     curve = result.curve

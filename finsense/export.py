@@ -395,7 +395,8 @@ def export_policy(
             "finsense.evaluation.load_policy_network instead"
         )
     manager, selected = select_checkpoint(run_dir, config, checkpoint, doing="exporting")
-    network, metadata, path = load_policy_network(manager, selected)
+    policy = load_policy_network(manager, selected)
+    network, metadata, path = policy.network, policy.metadata, policy.path
     if type(network) is not QNetwork:
         raise FinSenseError(
             f"{path}: its network is a {type(network).__name__} (agent.network); export "
@@ -403,9 +404,10 @@ def export_policy(
             "network yet: load the weights with finsense.evaluation.load_policy_network instead"
         )
 
-    # The env gives the observation scale (a constant of the dataset) and the action meanings;
-    # split "all" needs no test rows, so a run trained without a test split exports too.
-    env_kwargs = {**run_env_kwargs(run_dir, config), "split": "all"}
+    # The env gives the observation scale (the policy's own when its checkpoint holds it, else
+    # the run's data's) and the action meanings; split "all" needs no test rows, so a run
+    # trained without a test split exports too.
+    env_kwargs = {**run_env_kwargs(run_dir, config), **(policy.observation or {}), "split": "all"}
     env = TradingEnv(**env_kwargs)
     obs_dim = int(env.observation_space.shape[0])
     n_actions = int(env.action_space.n)

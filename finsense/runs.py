@@ -23,9 +23,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from finsense.errors import ConfigError, FinSenseError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: The Hydra config package and primary config the train command composes.
 CONFIG_MODULE = "finsense.conf"
@@ -49,9 +52,9 @@ def relative_to_run(path: str | Path, run_dir: str | Path) -> str:
         return str(path)
 
 
-def run_dir_for(overrides: Sequence[str]) -> Path:
-    """The run directory ``python -m finsense.train *overrides`` uses (relative to the current
-    directory, as the train command's is); the directory need not exist.
+def compose_config(overrides: Sequence[str], *, with_hydra: bool = False) -> DictConfig:
+    """The config ``python -m finsense.train *overrides`` composes (with its ``hydra`` node when
+    ``with_hydra``), values not yet resolved.
 
     Raises:
         ConfigError: the overrides do not compose (an unknown key, a bad value or config group).
@@ -60,7 +63,6 @@ def run_dir_for(overrides: Sequence[str]) -> Path:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     # Importing the train module registers what its config needs, exactly as a training run
@@ -75,14 +77,32 @@ def run_dir_for(overrides: Sequence[str]) -> Path:
         with initialize_config_module(CONFIG_MODULE, job_name="train", version_base="1.3"):
             # return_hydra_config: the hydra node, with hydra.job.override_dirname computed from
             # these overrides and the config's exclude_keys, is what hydra.run.dir refers to.
-            cfg = compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=True)
-        run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True)
+            return compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"overrides {_shown(overrides)}: {_one_line(exc)}") from None
+    finally:
+        restore_gh_from_backup(outer)
+
+
+def run_dir_for(overrides: Sequence[str]) -> Path:
+    """The run directory ``python -m finsense.train *overrides`` uses (relative to the current
+    directory, as the train command's is); the directory need not exist.
+
+    Raises:
+        ConfigError: the overrides do not compose (an unknown key, a bad value or config group).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose_config(overrides, with_hydra=True)
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot find the run of {exc}") from None
+    except OmegaConfBaseException as exc:
         raise ConfigError(
             f"cannot find the run of overrides {_shown(overrides)}: {_one_line(exc)}"
         ) from None
-    finally:
-        restore_gh_from_backup(outer)
     return Path(str(run_dir))
 
 
@@ -127,6 +147,9 @@ class RunArgs:
     run_dir: Path | None = None
     overrides: list[str] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)
+    #: With a RUN_DIR, the ``env=NAME`` and ``env.KEY=VALUE`` overrides of a command that takes
+    #: them (``finsense.evaluate``'s backtest on other data); empty otherwise.
+    env_overrides: list[str] = field(default_factory=list)
 
     def find(self) -> Path:
         """The run directory these arguments name (see :func:`find_run`)."""
@@ -207,18 +230,31 @@ def _own_flags(argv: Sequence[str], options: Mapping[str, Option]) -> list[str]:
     return out
 
 
+def is_env_override(arg: str) -> bool:
+    """Whether ``arg`` is a plain ``env=NAME`` or ``env.KEY=VALUE`` override."""
+    key, eq, _ = arg.partition("=")
+    return bool(eq) and (key == "env" or key.startswith("env."))
+
+
 def parse_run_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str], options: Mapping[str, Option]
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    options: Mapping[str, Option],
+    *,
+    env_overrides: bool = False,
 ) -> RunArgs:
     """Read ``[RUN_DIR | OVERRIDE ...]`` and the own ``options`` from ``argv``.
 
     An argument ``key=value`` whose key is an own option sets it (so does ``--key value``); a
     path is the run directory; anything else is an override of the train command (its guide
-    flags included). ``-h`` prints the parser's help and exits.
+    flags included). With ``env_overrides`` and a run directory, the overrides must all be
+    ``env=NAME`` or ``env.KEY=VALUE`` (:func:`is_env_override`) and go to
+    ``RunArgs.env_overrides``: they change the run's env for this command, not which run.
+    ``-h`` prints the parser's help and exits.
 
     Raises:
         UsageError: an unknown flag, an option without a value, two run directories, or a run
-            directory together with overrides.
+            directory together with overrides (other than env ones, with ``env_overrides``).
     """
     args = _own_flags(argv, options)
     if "-m" in args or "--multirun" in args:
@@ -249,6 +285,16 @@ def parse_run_args(
         raise UsageError(f"one RUN_DIR at most, got {_shown(run_dirs)}")
     if run_dirs:
         parsed.run_dir = Path(run_dirs[0])
+        if env_overrides and parsed.overrides:
+            others = [arg for arg in parsed.overrides if not is_env_override(arg)]
+            if others:
+                own = " ".join(f"{key}=" for key in options)
+                raise UsageError(
+                    f"{_shown(others)}: with a RUN_DIR only env overrides apply (env=NAME, "
+                    f"env.data.path=FILE, env.fee=X, ...: a backtest), besides this command's "
+                    f"options ({own}); to name a run by its overrides, leave out RUN_DIR"
+                )
+            parsed.env_overrides, parsed.overrides = parsed.overrides, []
         if parsed.overrides:
             own = ", ".join(f"{key}=" for key in options) or "none"
             raise UsageError(

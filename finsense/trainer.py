@@ -635,7 +635,7 @@ class Trainer:
         state = self.agent.state_dict()
         info = self.manager.save(
             episode,
-            {"policy": state["policy"]},
+            {"policy": self.policy_part(state["policy"])},
             self._metadata(row),
             training_state=state["training"],
         )
@@ -650,12 +650,21 @@ class Trainer:
         state = self.agent.state_dict()
         info = self.manager.update_best(
             episode,
-            {"policy": state["policy"]},
+            {"policy": self.policy_part(state["policy"])},
             self._metadata(row),
             training_state=state["training"],
         )
         if info is not None:
             log.debug("episode %d is the new best model", episode)
+
+    def policy_part(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """The agent's policy state as a checkpoint keeps it: with the env's ``observation_spec``
+        under ``"observation"`` when the env declares one (the trading env: its feature scale,
+        window, shorting and execution), so the policy observes other prices as it was trained
+        to (``finsense.evaluate RUN_DIR env.data.path=...``). Plain values only: the policy part
+        still loads with ``torch.load(weights_only=True)``."""
+        spec = getattr(getattr(self.env, "unwrapped", self.env), "observation_spec", None)
+        return policy if spec is None else {**policy, "observation": dict(spec)}
 
     def _metrics_of(self, row: dict[str, Any]) -> dict[str, Any]:
         """The env's metrics of a row (what checkpoints record and rank by)."""

@@ -128,6 +128,54 @@ def test_observation_is_the_scaled_window_of_log_returns_and_the_position() -> N
     assert obs[5] == -1.0
 
 
+def observations_by_row(env: TradingEnv, action: int = 0) -> dict[int, np.ndarray]:
+    """Every observation of one episode from the split's first row, by the data row it is at."""
+    obs, _ = env.reset()
+    seen = {env.row: obs}
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(action)
+        seen[env.row] = obs
+        done = terminated or truncated
+    return seen
+
+
+def test_the_policys_feature_scale_gives_the_same_observations_on_other_prices() -> None:
+    # Two files that agree on their last 100 rows' returns; the second's first 200 rows swing
+    # three times as much, so its own training rows would give another scale.
+    first = synthetic_prices(n_steps=300, seed=1)
+    returns = np.diff(np.log(first.close))
+    returns[:199] *= 3.0
+    close = first.close[0] * np.exp(np.concatenate(([0.0], np.cumsum(returns))))
+    second = MarketData(dates=first.dates, close=close, source="second.csv")
+    options: dict[str, Any] = {"split": "all", "window_size": 5, "random_start": False}
+    trained = TradingEnv(first, **options)
+    spec = trained.observation_spec
+    imposed = TradingEnv(second, **{**options, **spec})
+    own = TradingEnv(second, **options)
+    assert imposed.feature_scale == trained.feature_scale != own.feature_scale
+
+    shared = range(210, 299)  # windows of 5 returns within the shared rows
+    a, b, c = (observations_by_row(env) for env in (trained, imposed, own))
+    for row in shared:
+        np.testing.assert_array_equal(a[row], b[row])
+    assert not all(np.array_equal(a[row], c[row]) for row in shared)
+
+
+def test_observation_spec_is_plain_values_that_rebuild_the_observation() -> None:
+    env = TradingEnv(window_size=7, allow_short=True, execution="close", feature_scale=0.02)
+    assert env.observation_spec == {
+        "feature_scale": 0.02,
+        "window_size": 7,
+        "allow_short": True,
+        "execution": "close",
+    }
+    assert [type(v) for v in env.observation_spec.values()] == [float, int, bool, str]
+    default = TradingEnv()
+    train_returns = np.diff(np.log(default.data.close))[: default.split_rows[1] - 1]
+    assert default.observation_spec["feature_scale"] == float(train_returns.std())
+
+
 def test_returned_observations_are_never_changed_by_later_steps() -> None:
     env = TradingEnv(allow_short=True, episode_length=20)
     obs, _ = env.reset(seed=0)
@@ -580,6 +628,12 @@ def test_fractions_that_leave_a_split_too_short_are_one_clear_line(
         ({"slippage_bps": -1.0}, r"env.slippage_bps must be >= 0 \(basis points\), got -1.0"),
         ({"slippage_bps": math.inf}, "env.slippage_bps must be >= 0"),
         ({"borrow_rate": -0.01}, r"env.borrow_rate must be >= 0 \(a yearly fraction\)"),
+        ({"feature_scale": 0.0}, "env.feature_scale must be a finite number > 0 or null"),
+        ({"feature_scale": -0.01}, "env.feature_scale must be a finite number > 0"),
+        ({"feature_scale": math.nan}, "env.feature_scale must be a finite number > 0"),
+        ({"feature_scale": math.inf}, "env.feature_scale must be a finite number > 0"),
+        ({"feature_scale": True}, "env.feature_scale must be a finite number > 0"),
+        ({"feature_scale": "0.01"}, "env.feature_scale must be a finite number > 0"),
     ],
 )
 def test_bad_env_value_is_a_config_error_naming_the_key(kwargs: dict[str, Any], match: str) -> None:

@@ -229,3 +229,27 @@ def test_a_launchers_signal_handler_is_called_after_the_checkpoint_is_saved(
         signal.signal(signal.SIGUSR1, previous)
     assert result.interrupted_by == signal.SIGUSR1 and result.last_episode == 3
     assert seen == [(signal.SIGUSR1, True)]  # once, and only after episode 3 was saved
+
+
+class SpecEnv(CountingEnv):
+    """A CountingEnv that declares what a policy observes, as the trading env does."""
+
+    observation_spec = {"feature_scale": 0.5, "window_size": 1}
+
+
+def test_the_envs_observation_spec_is_saved_in_the_policy_part_and_loads_weights_only(
+    tmp_path: Path,
+) -> None:
+    _trainer(tmp_path, 2, env=SpecEnv()).run()
+    policy = torch.load(tmp_path / "models" / "model_ep2.pt", weights_only=True)["policy"]
+    assert policy["observation"] == {"feature_scale": 0.5, "window_size": 1}
+    # Resuming hands the agent the policy part, spec and all.
+    assert _trainer(tmp_path, 3, env=SpecEnv()).run().start_episode == 2
+
+
+def test_a_policy_of_an_env_without_an_observation_spec_is_saved_as_the_agent_gives_it(
+    tmp_path: Path,
+) -> None:
+    _trainer(tmp_path, 2).run()
+    policy = torch.load(tmp_path / "models" / "model_ep2.pt", weights_only=True)["policy"]
+    assert "observation" not in policy

@@ -146,6 +146,8 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
     of the training rows' log returns (one constant per dataset, so train and test are scaled
     alike) and clipped to +/-10, then the position held now, after the last fill (-1, 0 or 1).
     Every observation is a fresh array: later steps never change one already returned.
+    ``feature_scale`` imposes another divisor (a trained policy's own, see
+    :attr:`observation_spec`), so a policy run on other prices sees returns scaled as in training.
 
     **Reward**: ``log(equity_{t+1} / equity_t)`` (``reward="log_return"``, costs included) or the
     equity change in currency (``reward="profit"``).
@@ -198,6 +200,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
             ``fee``, >= 0 (default 2: half a liquid stock's spread plus a little impact).
         borrow_rate: yearly cost of a short as a fraction of its notional, >= 0, charged daily
             over 252 trading days (default 0.005).
+        feature_scale: the divisor of the observed log returns, a finite number > 0, or None
+            (default) for the standard deviation of the training rows' log returns (1.0 when
+            they have none, or fewer than two).
         render_mode: must be None (the env does not render; see :meth:`history`).
     """
 
@@ -224,6 +229,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         execution: str = "next_close",
         slippage_bps: float = DEFAULT_SLIPPAGE_BPS,
         borrow_rate: float = DEFAULT_BORROW_RATE,
+        feature_scale: float | None = None,
         render_mode: str | None = None,
     ) -> None:
         _require(split in SPLITS, "split", f"must be one of {', '.join(SPLITS)}", split)
@@ -267,6 +273,18 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         )
         _require(
             _is_rate(borrow_rate), "borrow_rate", "must be >= 0 (a yearly fraction)", borrow_rate
+        )
+        _require(
+            feature_scale is None
+            or (
+                isinstance(feature_scale, int | float)
+                and not isinstance(feature_scale, bool)
+                and math.isfinite(feature_scale)
+                and feature_scale > 0
+            ),
+            "feature_scale",
+            "must be a finite number > 0 or null (the training rows' standard deviation)",
+            feature_scale,
         )
         _require(
             render_mode is None,
@@ -340,9 +358,12 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
 
         log_returns = np.zeros(n_rows, dtype=np.float64)
         log_returns[1:] = np.diff(np.log(market.close))
-        train_returns = log_returns[1:n_train]
-        scale = float(train_returns.std()) if train_returns.size >= 2 else 0.0
-        self.feature_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        if feature_scale is None:
+            train_returns = log_returns[1:n_train]
+            scale = float(train_returns.std()) if train_returns.size >= 2 else 0.0
+            feature_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        #: The divisor of the observed log returns (see the class docstring).
+        self.feature_scale = float(feature_scale)
         features = np.clip(log_returns / self.feature_scale, -FEATURE_CLIP, FEATURE_CLIP)
         features = features.astype(np.float32)
 
@@ -405,6 +426,22 @@ class TradingEnv(gymnasium.Env[np.ndarray, np.int64]):
         first_val, first_test = split_bounds(n_rows, self.val_fraction, self.test_fraction)
         bounds = {"val": (first_val, first_test), "test": (first_test, n_rows)}
         return tuple(split for split, (low, high) in bounds.items() if high > low)
+
+    @property
+    def observation_spec(self) -> dict[str, Any]:
+        """What a policy trained on this env needs to see the same observations on other prices:
+        ``feature_scale`` (float), ``window_size`` (int), ``allow_short`` (bool) and
+        ``execution`` (str: when fills happen, which the observed position follows).
+
+        Plain values: the trainer stores them in each checkpoint's policy part, and an env built
+        with them (``TradingEnv(other_data, **spec)``) observes any prices as this one does.
+        """
+        return {
+            "feature_scale": self.feature_scale,
+            "window_size": self.window_size,
+            "allow_short": self.allow_short,
+            "execution": self.execution,
+        }
 
     @property
     def trade_cost(self) -> float:
