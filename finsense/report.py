@@ -6,9 +6,11 @@ overrides uses (``python -m finsense.report seed=1 env=googl``), or with neither
 
 For a run directory, into ``RUN_DIR/report/``:
 
-- ``training_curve.png``: the run's ``checkpoints.metric_name`` per episode from ``metrics.csv``
-  with a rolling mean, the checkpoints on disk and the best one marked, the test-split value
-  where ``eval_every`` recorded one, and epsilon on a second axis.
+- ``training_curve.png``: the training episodes' metric per episode from ``metrics.csv`` with a
+  rolling mean (for a ``val_*``/``test_*`` ``checkpoints.metric_name``, its training twin), the
+  validation- or test-split value at the episodes where it was scored, the checkpoints on disk
+  and the best one marked on the curve of the metric that ranks them, and epsilon on a second
+  axis.
 - ``equity.png``: the agent's test-split equity against the baselines (buy-and-hold, the
   momentum and moving-average rules, the random policies' mean with a band of one standard
   deviation), the agent's buys and sells marked. It reads ``eval/equity.csv`` and runs the
@@ -160,6 +162,18 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+#: Prefixes of the metrics scored on a split kept out of training.
+HELD_OUT_PREFIXES: tuple[str, ...] = ("val_", "test_")
+
+
+def _training_twin(metric: str) -> str:
+    """``val_total_profit`` -> ``total_profit``: the training episodes' metric of the same name."""
+    for prefix in HELD_OUT_PREFIXES:
+        if metric.startswith(prefix):
+            return metric.removeprefix(prefix)
+    return metric
+
+
 def plot_training_curve(run_dir: Path, out: Path, metric: str | None = None) -> Path:
     """Draw ``training_curve.png`` (see the module docstring) into ``out``; return its path."""
     plt = _pyplot()
@@ -168,11 +182,15 @@ def plot_training_curve(run_dir: Path, out: Path, metric: str | None = None) -> 
         raise FinSenseError(f"{run_dir / 'metrics.csv'} has no episodes yet")
     configured, mode = _run_settings(run_dir)
     metric = metric or configured
-    test_metric = None
-    if metric.startswith("test_"):
-        test_metric, metric = metric, metric.removeprefix("test_")
-    elif f"test_{metric}" in frame.columns:
-        test_metric = f"test_{metric}"
+    # A held-out metric (val_*, test_*) is drawn as points where it was measured, over the
+    # training curve of the metric it is a twin of; the best star sits on the one that ranks.
+    held_metric = None
+    if metric.startswith(HELD_OUT_PREFIXES):
+        held_metric, metric = metric, _training_twin(metric)
+    else:
+        held_metric = next(
+            (f"{p}{metric}" for p in HELD_OUT_PREFIXES if f"{p}{metric}" in frame.columns), None
+        )
     if metric not in frame.columns:
         metric = DEFAULT_METRIC
     episodes = frame["episode"].to_numpy()
@@ -188,20 +206,28 @@ def plot_training_curve(run_dir: Path, out: Path, metric: str | None = None) -> 
         lw=2,
         label=f"rolling mean ({window} episodes)",
     )
-    if test_metric is not None and test_metric in frame.columns:
-        tested = frame[["episode", test_metric]].dropna()
+    by_episode = dict(zip(episodes.astype(int).tolist(), values.tolist(), strict=True))
+    if held_metric is not None and held_metric in frame.columns:
+        tested = frame[["episode", held_metric]].dropna()
         if not tested.empty:
+            split = "validation" if held_metric.startswith("val_") else "test"
             ax.plot(
                 tested["episode"],
-                tested[test_metric],
+                tested[held_metric],
                 "o-",
                 color="tab:green",
                 ms=4,
                 lw=1,
-                label=f"{test_metric} (test split)",
+                label=f"{held_metric} ({split} split)",
             )
-
-    by_episode = dict(zip(episodes.astype(int).tolist(), values.tolist(), strict=True))
+            if held_metric == configured:
+                by_episode = dict(
+                    zip(
+                        tested["episode"].astype(int).tolist(),
+                        tested[held_metric].astype(float).tolist(),
+                        strict=True,
+                    )
+                )
     kept = [e for e in checkpoint_episodes(run_dir) if e in by_episode]
     if kept:
         ax.plot(
@@ -479,8 +505,9 @@ def seed_and_config_key(run_dir: Path, job: str) -> tuple[int | None, str]:
 
 
 def _final_value(frame: pd.DataFrame, metric_name: str) -> float | None:
-    """The metric's last recorded value (a ``test_`` metric is recorded only some episodes)."""
-    for column in (metric_name, metric_name.removeprefix("test_"), DEFAULT_METRIC):
+    """The metric's last recorded value (a ``val_``/``test_`` metric is recorded only some
+    episodes)."""
+    for column in (metric_name, _training_twin(metric_name), DEFAULT_METRIC):
         if column in frame.columns:
             values = frame[column].dropna()
             return float(values.iloc[-1]) if len(values) else None
@@ -703,7 +730,7 @@ def plot_sweep(sweep_dir: Path, jobs: Sequence[JobSummary], out: Path) -> Path:
             frame = read_metrics_csv(sweep_dir / job.job / "metrics.csv")
         except FinSenseError:
             continue
-        metric = job.metric_name.removeprefix("test_")
+        metric = _training_twin(job.metric_name)
         if metric not in frame.columns:
             metric = DEFAULT_METRIC
         metric_names.add(metric)
