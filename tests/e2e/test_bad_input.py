@@ -4,7 +4,9 @@ left behind."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -172,7 +174,7 @@ def test_a_best_model_with_an_infinite_metric_is_set_aside_and_rebuilt(
     assert "best_model.json: unreadable JSON or no finite metric_value; set aside" in proc.stderr
     assert (run_dir / "models" / "best_model.json.corrupt").exists()
     rebuilt = json.loads(best.read_text())
-    profits = [
-        float(line.split(",")[1]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]
-    ]
-    assert rebuilt["metric_value"] == pytest.approx(max(profits))
+    assert rebuilt["metric_name"] == "val_total_profit"
+    with open(run_dir / "metrics.csv", newline="") as f:
+        scored = [float(row["val_total_profit"]) for row in csv.DictReader(f)]
+    assert rebuilt["metric_value"] == pytest.approx(max(v for v in scored if not math.isnan(v)))
