@@ -275,10 +275,14 @@ def evaluate_job(
 
 
 def job_overrides(job_dir: Path, job: str) -> tuple[str, ...]:
-    """The job's overrides without ``seed=...``, sorted: from ``.hydra/overrides.yaml``, or
-    where that is unreadable, the ``key=value`` parts of its directory name (which a long name
-    shortens with a hash and percent-encodes, so it is only the fallback)."""
+    """The job's overrides that define its experiment, sorted: from ``.hydra/overrides.yaml``
+    less ``seed=...`` and the keys that never change an experiment (``episodes``, ``name``, ...,
+    :func:`finsense.config.non_experiment_keys`), or where that file is unreadable, the
+    ``key=value`` parts of its directory name (which a long name shortens with a hash and
+    percent-encodes, so it is only the fallback)."""
     import yaml
+
+    from finsense.config import non_experiment_keys
 
     try:
         with open(job_dir / ".hydra" / "overrides.yaml", encoding="utf-8") as f:
@@ -289,7 +293,8 @@ def job_overrides(job_dir: Path, job: str) -> tuple[str, ...]:
         parts = recorded
     else:
         parts = seedless_name(job).split(",")
-    return tuple(sorted(o for o in parts if o.partition("=")[0].lstrip("+~") != "seed"))
+    dropped = {"seed", *non_experiment_keys()}
+    return tuple(sorted(o for o in parts if o.partition("=")[0].lstrip("+~") not in dropped))
 
 
 def configuration_labels(overrides: Sequence[Sequence[str]]) -> list[str]:
@@ -513,7 +518,7 @@ def print_sweep(sweep_dir: Path, result: SweepEvaluation) -> None:
     seeds = sum(len(c.jobs) for c in result.configs)
     print(
         f"{sweep_dir}: {seeds} jobs evaluated on their test split, {len(result.configs)} "
-        "configurations (mean ± std over seeds)"
+        f"configuration{'s' if len(result.configs) != 1 else ''} (mean ± std over seeds)"
     )
     print(format_sweep_table(result.configs))
     for line in format_deflation(result.deflation, len(result.configs)):
