@@ -404,6 +404,8 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_without_a_traceback(
             assert out.strip().splitlines()[-1].startswith("Interrupted"), out
         elif proc.returncode != 0:
             # The run had finished ("Training complete") and the signal met the interpreter's
-            # shutdown: Python then ends by SIGINT itself, as Unix tools do (the shell says 130).
+            # shutdown, or (on a loaded machine, at 0.1 s) the interpreter had not yet started
+            # and printed nothing: Python then ends by SIGINT itself, as Unix tools do (the
+            # shell says 130).
             assert proc.returncode == -signal.SIGINT, out
-            assert "Training complete: 3/3 episodes" in out, out
+            assert out == "" or "Training complete: 3/3 episodes" in out, f"{delay} s: {out}"
