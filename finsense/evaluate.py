@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,13 @@ def format_table(result: EvalResult) -> str:
                 f"{_format(metric, spread['mean'])} ± {_format(metric, spread['std'])}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return align_columns(rows)
+
+
+def align_columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as aligned text: the first column left-aligned, the others right-aligned,
+    two spaces between columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
         cells = [row[0].ljust(widths[0])]

@@ -41,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -587,16 +587,35 @@ def seedless_name(job: str) -> str:
     return ",".join(p for p in job.split(",") if not _SEED_PART.match(p)) or job
 
 
-def aggregate_seeds(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[ConfigSummary]:
-    """Group ``jobs`` that differ only in ``seed``; rank the groups by their mean best value,
-    best first (by the first job's ``checkpoints.mode``); groups without one come last."""
-    groups: dict[str, list[JobSummary]] = {}
+class _Job(Protocol):
+    @property
+    def job(self) -> str: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def config_key(self) -> str | None: ...
+
+
+_J = TypeVar("_J", bound=_Job)
+
+
+def group_seeds(jobs: Sequence[_J]) -> list[list[_J]]:
+    """``jobs`` grouped by configuration (those that differ only in ``seed``: the same
+    ``config_key``, or without one the same directory name less its seed), each group sorted by
+    seed (jobs without one last, then by name), the groups in order of their first job."""
+    groups: dict[str, list[_J]] = {}
     for job in jobs:
         groups.setdefault(job.config_key or seedless_name(job.job), []).append(job)
-    members = [
+    return [
         sorted(g, key=lambda j: (j.seed is None, j.seed if j.seed is not None else 0, j.job))
         for g in groups.values()
     ]
+
+
+def aggregate_seeds(sweep_dir: Path, jobs: Sequence[JobSummary]) -> list[ConfigSummary]:
+    """Group ``jobs`` that differ only in ``seed``; rank the groups by their mean best value,
+    best first (by the first job's ``checkpoints.mode``); groups without one come last."""
+    members = group_seeds(jobs)
     labels = job_labels([seedless_name(g[0].job) for g in members])
     summaries = []
     for group, label in zip(members, labels, strict=True):

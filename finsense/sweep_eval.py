@@ -59,7 +59,7 @@ from finsense.errors import FinSenseError
 
 # The single run's cell format, so that both tables read alike (finsense.evaluate imports this
 # module only when it is given a sweep, so there is no import cycle).
-from finsense.evaluate import _format
+from finsense.evaluate import _format, align_columns
 from finsense.evaluation import (
     DEFAULT_MA_WINDOWS,
     EVAL_DIR,
@@ -68,7 +68,7 @@ from finsense.evaluation import (
     load_run_config,
     run_evaluation,
 )
-from finsense.report import seed_and_config_key, seedless_name
+from finsense.report import group_seeds, seed_and_config_key, seedless_name
 from finsense.status import find_run_dirs
 from finsense.sweeps import failed_error
 
@@ -327,13 +327,7 @@ def aggregate(jobs: Sequence[JobResult]) -> list[ConfigResult]:
     """Group ``jobs`` by configuration (jobs differing only in ``seed``), each group sorted by
     seed, and rank the groups by their mean per-period Sharpe ratio, best first (groups without
     one last, then by label)."""
-    groups: dict[str, list[JobResult]] = {}
-    for job in jobs:
-        groups.setdefault(job.config_key or seedless_name(job.job), []).append(job)
-    members = [
-        sorted(g, key=lambda j: (j.seed is None, j.seed if j.seed is not None else 0, j.job))
-        for g in groups.values()
-    ]
+    members = group_seeds(jobs)
     labels = configuration_labels([g[0].overrides for g in members])
     configs = [
         ConfigResult(
@@ -469,13 +463,7 @@ def format_sweep_table(configs: Sequence[ConfigResult]) -> str:
             spread = (config.agent if policy == "agent" else config.buy_and_hold)[metric]
             cells.append(_cell(metric, spread))
         rows.append((config.label, str(len(config.jobs)), *cells))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for row in rows:
-        cells = [row[0].ljust(widths[0])]
-        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    return align_columns(rows)
 
 
 def format_deflation(deflation: Deflation | None, n_configs: int) -> list[str]:
