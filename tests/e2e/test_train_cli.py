@@ -66,12 +66,15 @@ def test_rotation_keeps_max_keep_newest_and_best(tmp_path: Path, train_cmd) -> N
     assert (models / "best_model.pt").exists()
     lines = (_run_dir(tmp_path) / "metrics.csv").read_text().splitlines()
     assert len(lines) == 17 and lines[0].startswith("episode,")
-    # best_model is the best episode of the whole run, on the save grid or not.
-    rows = list(csv.DictReader(lines))
-    top = max(rows, key=lambda r: float(r["total_profit"]))
+    # best_model is the best validation score of the whole run, on the save grid (every 2
+    # episodes) or not (episodes 5 and 15, scored by eval_every=5).
+    rows = [r for r in csv.DictReader(lines) if not math.isnan(float(r["val_total_profit"]))]
+    assert [int(r["episode"]) for r in rows] == [2, 4, 5, 6, 8, 10, 12, 14, 15, 16]
+    top = max(rows, key=lambda r: float(r["val_total_profit"]))
     best_meta = json.loads(best)
+    assert best_meta["metric_name"] == "val_total_profit"
     assert best_meta["episode"] == int(top["episode"])
-    assert best_meta["metric_value"] == pytest.approx(float(top["total_profit"]), rel=1e-9)
+    assert best_meta["metric_value"] == pytest.approx(float(top["val_total_profit"]), rel=1e-9)
     assert (_run_dir(tmp_path) / "logs" / "finsense.log").read_text().count("Episode ") == 16
 
 
