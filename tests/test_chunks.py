@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +447,21 @@ def test_chunks_read_in_threads_are_bit_exact_and_the_first_bad_one_is_reported(
         chunks_module.read_chunked(one_entry(rows), tmp_path)
     assert caught.value.path == tmp_path / CHUNKS_DIR / rows[3][0]
     assert threading.active_count() == threads
+
+
+def test_ctrl_c_during_a_threaded_read_is_raised_and_the_threads_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chunks_module, "_workers", lambda: 3)
+    done: list[int] = []
+
+    def read(index: int) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        time.sleep(0.005)
+        done.append(index)
+
+    threads = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        chunks_module._each(read, list(range(200)), nbytes=1 << 40)
+    assert len(done) < 199 and threading.active_count() == threads

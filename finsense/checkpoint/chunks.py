@@ -408,13 +408,17 @@ def _each(fn: Callable[[_T], None], items: Sequence[_T], nbytes: int) -> None:
                 return
             try:
                 fn(items[index])
-            except BaseException as exc:  # re-raised below, in the calling thread
+            except Exception as exc:  # re-raised below, in the calling thread
                 failed[index] = exc
                 return
 
     with ThreadPoolExecutor(max_workers=workers - 1) as pool:
         helpers = [pool.submit(run) for _ in range(workers - 1)]
-        run()  # the calling thread is one of the workers
+        try:
+            run()  # the calling thread is one of the workers
+        except BaseException as exc:  # Ctrl+C: the helpers stop after their current item
+            failed[-1] = exc
+            raise
         for helper in helpers:
             helper.result()
     if failed:
