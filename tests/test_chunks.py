@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,10 +224,17 @@ def test_leftovers_of_a_save_cut_short_are_collected_by_the_next_save(tmp_path: 
     assert not orphan.exists() and not unfinished.exists()
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "threads"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "remove"])
 def test_a_damaged_chunk_sets_its_checkpoint_aside_and_the_previous_one_is_used(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    damage: str,
+    threads: bool,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if threads:  # the threaded read of a big load, forced for this small one
+        monkeypatch.setattr(chunks_module, "_PARALLEL_BYTES", 0)
     models = tmp_path / "run" / "models"
     manager = CheckpointManager(models)
     ring = Ring()
@@ -341,3 +350,118 @@ def test_a_damaged_compressed_chunk_is_caught_by_its_checksum(tmp_path: Path) ->
     chunk.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{digest}: chunk checksum mismatch"):
         CheckpointManager(models).load(models / "model_ep1.pt")
+
+
+def write_chunk(directory: Path, data: bytes) -> str:
+    """Store ``data`` as a chunk named by its SHA-256 (as a save would, right or wrong)."""
+    digest = hashlib.sha256(data).hexdigest()
+    (directory / CHUNKS_DIR).mkdir(exist_ok=True)
+    (directory / CHUNKS_DIR / digest).write_bytes(data)
+    return digest
+
+
+def one_entry(rows: list[list[Any]], row_bytes: int = 128) -> list[dict[str, Any]]:
+    """A manifest of one uint8 tensor of ``row_bytes``-byte rows, one row a chunk."""
+    return [
+        {
+            "key": "t",
+            "dtype": "uint8",
+            "shape": [len(rows), row_bytes],
+            "rows_per_chunk": 1,
+            "codec": "zstd",
+            "chunks": rows,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stored", "reason"),
+    [
+        (zstandard.ZstdCompressor().compress(bytes(100)), "chunk holds 100 bytes, not the 128"),
+        (zstandard.ZstdCompressor().compress(bytes(200)), "chunk holds 200 bytes, not the 128"),
+        (
+            zstandard.ZstdCompressor(write_content_size=False).compress(bytes(100)),
+            "chunk holds 100 bytes, not the 128",
+        ),
+        (
+            zstandard.ZstdCompressor(write_content_size=False).compress(bytes(200)),
+            "chunk holds more than the 128 bytes",
+        ),
+        (b"not a zstandard frame at all", "chunk does not decompress"),
+        (
+            zstandard.ZstdCompressor(write_checksum=True).compress(bytes(127) + b"\x01")[:-1]
+            + b"\x00",
+            "chunk does not decompress",
+        ),
+    ],
+    ids=["short", "long", "short-unsized", "long-unsized", "garbage", "frame-checksum"],
+)
+def test_a_compressed_chunk_that_does_not_decompress_to_its_listed_size_fails(
+    tmp_path: Path, stored: bytes, reason: str
+) -> None:
+    """Its digest matches (it was written wrong, not damaged since): still refused."""
+    digest = write_chunk(tmp_path, stored)
+    manifest = one_entry([[digest, 128, None, len(stored)]])
+    with pytest.raises(chunks_module.ChunkError, match=reason) as caught:
+        chunks_module.read_chunked(manifest, tmp_path)
+    assert caught.value.path == tmp_path / CHUNKS_DIR / digest and caught.value.damaged
+
+
+def test_a_raw_chunk_longer_than_listed_fails(tmp_path: Path) -> None:
+    digest = write_chunk(tmp_path, bytes(129))
+    with pytest.raises(chunks_module.ChunkError, match="chunk longer than the 128 bytes listed"):
+        chunks_module.read_chunked(one_entry([[digest, 128, None, None]]), tmp_path)
+
+
+def test_chunks_read_in_threads_are_bit_exact_and_the_first_bad_one_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threaded read (forced here for a small tensor) fills every row in place, raw and
+    compressed chunks alike; with two damaged chunks it names the first in manifest order, as
+    one thread would, and leaves no thread behind."""
+    monkeypatch.setattr(chunks_module, "_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(chunks_module, "_workers", lambda: 3)
+    gen = torch.Generator().manual_seed(3)
+    tensor = torch.randint(0, 256, (64, 128), dtype=torch.uint8, generator=gen)
+    tensor[::2] = 7  # every other row compresses
+    cctx = zstandard.ZstdCompressor(write_checksum=True)
+    rows = []
+    for i, row in enumerate(tensor):
+        raw = row.numpy().tobytes()
+        stored = cctx.compress(raw) if i % 2 == 0 else raw
+        rows.append([write_chunk(tmp_path, stored), 128, None, len(stored) if i % 2 == 0 else None])
+    assert len({row[0] for row in rows}) == 33  # the compressed rows are one chunk
+    threads = threading.active_count()
+    (loaded,) = chunks_module.read_chunked(one_entry(rows), tmp_path)
+    assert torch.equal(loaded, tensor)
+
+    for index in (9, 41):  # raw chunks: each stored once
+        path = tmp_path / CHUNKS_DIR / rows[index][0]
+        path.write_bytes(b"\xff" + path.read_bytes()[1:])
+    for _ in range(5):
+        with pytest.raises(chunks_module.ChunkError, match="chunk checksum mismatch") as caught:
+            chunks_module.read_chunked(one_entry(rows), tmp_path)
+        assert caught.value.path == tmp_path / CHUNKS_DIR / rows[9][0]
+    (tmp_path / CHUNKS_DIR / rows[3][0]).unlink()
+    with pytest.raises(chunks_module.ChunkError, match="missing chunk") as caught:
+        chunks_module.read_chunked(one_entry(rows), tmp_path)
+    assert caught.value.path == tmp_path / CHUNKS_DIR / rows[3][0]
+    assert threading.active_count() == threads
+
+
+def test_ctrl_c_during_a_threaded_read_is_raised_and_the_threads_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(chunks_module, "_workers", lambda: 3)
+    done: list[int] = []
+
+    def read(index: int) -> None:
+        if threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+        time.sleep(0.005)
+        done.append(index)
+
+    threads = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        chunks_module._each(read, list(range(200)), nbytes=1 << 40)
+    assert len(done) < 199 and threading.active_count() == threads

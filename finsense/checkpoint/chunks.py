@@ -22,19 +22,22 @@ repeat 29 of their 30 returns; Zstandard's fastest level stores the default run'
 a twentieth of its size, at several hundred MB/s each way. Incompressible data (random floats)
 costs little: Zstandard stores such blocks raw.
 
-Loading checks every stored chunk's SHA-256 and decompresses it straight into the tensor's
-memory, several chunks at a time (reads, ``hashlib`` and Zstandard release the GIL).
+Loading reads every stored chunk once, straight into the tensor's memory (or, compressed, into a
+buffer it is decompressed from into that memory), checks its SHA-256 on those bytes, and does
+several chunks at a time (reads, ``hashlib`` and Zstandard release the GIL).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +46,7 @@ import torch
 import zstandard
 
 from finsense.checkpoint.durable import (
+    _O_CLOEXEC,
     _fsync_dir,
     _reason,
     _remove_quietly,
@@ -65,6 +69,8 @@ CODEC = "zstd"
 _ZSTD_LEVEL = 1
 #: A chunk is stored compressed when that leaves at most this fraction of its bytes.
 _WORTH = 0.8
+_O_READ = os.O_RDONLY | _O_CLOEXEC | getattr(os, "O_BINARY", 0)
+_readv = getattr(os, "readv", None)  # not on Windows
 _local = threading.local()  # one (de)compression context per thread: they are not thread-safe
 
 _T = TypeVar("_T")
@@ -347,13 +353,18 @@ def _check_entry(
 def read_chunked(manifest: Sequence[Any], directory: Path) -> list[torch.Tensor]:
     """The tensors a manifest describes, read from ``directory/chunks`` and verified.
 
+    Every chunk is read once, straight into its place in the new tensor (a stored-raw one) or
+    into a buffer of its stored size that is decompressed into that place (no second copy), and
+    its SHA-256 is computed from those bytes: nothing is read or hashed twice.
+
     Raises:
-        ChunkError: a chunk is missing, short, too long or does not match its digest.
+        ChunkError: a chunk is missing, short, too long, does not match its digest or does not
+            decompress to its listed size (the first such chunk in manifest order).
         ValueError: the manifest is malformed.
     """
-    chunks_dir = directory / CHUNKS_DIR
+    chunks_dir = os.fspath(directory / CHUNKS_DIR)
     tensors: list[torch.Tensor] = []
-    jobs: list[tuple[Path, str, int | None, memoryview]] = []
+    jobs: list[tuple[str, int | None, memoryview]] = []
     for entry in manifest:
         dtype, shape, per_chunk, listed = _check_entry(entry)
         tensor = torch.empty(shape, dtype=dtype)
@@ -368,48 +379,128 @@ def read_chunked(manifest: Sequence[Any], directory: Path) -> list[torch.Tensor]
         for digest, size, stored in listed:
             if offset % (per_chunk * row_bytes or 1) != 0 and size:
                 raise ValueError(f"manifest entry {entry.get('key')!r}: misaligned chunk")
-            jobs.append((chunks_dir / digest, digest, stored, data[offset : offset + size]))
+            jobs.append((digest, stored, data[offset : offset + size]))
             offset += size
         tensors.append(tensor)
-    _map(_read_one, jobs, sum(view.nbytes for *_, view in jobs))
+    _each(partial(_read_one, chunks_dir), jobs, sum(view.nbytes for *_, view in jobs))
     return tensors
 
 
-def _read_one(job: tuple[Path, str, int | None, memoryview]) -> None:
-    """Read one stored chunk into ``view`` (its place), decompressed, checking its SHA-256."""
-    path, digest, stored, view = job
-    try:
-        with open(path, "rb", buffering=0) as f:
-            if stored is None:  # stored raw: straight into place
-                got = f.readinto(view) or 0
-                longer = bool(f.read(1))
-            else:
-                data = f.read()
-    except FileNotFoundError:
-        raise ChunkError(path, "missing chunk") from None
-    except OSError as exc:
-        raise ChunkError(path, f"cannot read chunk ({_reason(exc)})", damaged=False) from None
-    if stored is None:
-        if got < view.nbytes:
-            raise ChunkError(path, f"truncated chunk ({got} of {view.nbytes} bytes)")
-        if longer:
-            raise ChunkError(path, f"chunk longer than the {view.nbytes} bytes listed")
-        if _sha256(view) != digest:
-            raise ChunkError(path, "chunk checksum mismatch")
+def _each(fn: Callable[[_T], None], items: Sequence[_T], nbytes: int) -> None:
+    """``fn(x)`` for each of ``items``, in a few threads when there is much to do (``nbytes``).
+
+    The threads take the items in order from one shared counter and all stop taking at the first
+    failure: every item before the highest one taken has run, so the exception raised is the one
+    of the first failing item, as in one thread.
+    """
+    workers = min(_workers(), len(items)) if nbytes >= _PARALLEL_BYTES else 1
+    if workers < 2:
+        for item in items:
+            fn(item)
         return
-    if len(data) < stored:
-        raise ChunkError(path, f"truncated chunk ({len(data)} of {stored} bytes)")
-    if len(data) > stored:
-        raise ChunkError(path, f"chunk longer than the {stored} bytes listed")
-    if _sha256(data) != digest:
-        raise ChunkError(path, "chunk checksum mismatch")
-    try:  # one call (it releases the GIL), then one copy into place
-        raw = _decompressor().decompress(data, max_output_size=view.nbytes)
-    except zstandard.ZstdError as exc:  # the digest matched: written wrong, not damaged since
+    taken = itertools.count()
+    failed: dict[int, BaseException] = {}
+
+    def run() -> None:
+        while not failed:
+            index = next(taken)  # atomic: one C call
+            if index >= len(items):
+                return
+            try:
+                fn(items[index])
+            except Exception as exc:  # re-raised below, in the calling thread
+                failed[index] = exc
+                return
+
+    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+        helpers = [pool.submit(run) for _ in range(workers - 1)]
+        try:
+            run()  # the calling thread is one of the workers
+        except BaseException as exc:  # Ctrl+C: the helpers stop after their current item
+            failed[-1] = exc
+            raise
+        for helper in helpers:
+            helper.result()
+    if failed:
+        raise failed[min(failed)]
+
+
+def _workers() -> int:
+    """Threads for a big read: the CPUs this process may use, at most :data:`_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(_WORKERS, cpus))
+
+
+def _read_one(chunks_dir: str, job: tuple[str, int | None, memoryview]) -> None:
+    """Read one stored chunk into ``view`` (its place), decompressed, checking its SHA-256."""
+    digest, stored, view = job
+    path = os.path.join(chunks_dir, digest)
+    expected = view.nbytes if stored is None else stored
+    try:
+        fd = os.open(path, _O_READ)
+    except FileNotFoundError:
+        raise ChunkError(Path(path), "missing chunk") from None
+    except OSError as exc:
+        raise ChunkError(Path(path), f"cannot read chunk ({_reason(exc)})", damaged=False) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > expected:
+            raise ChunkError(Path(path), f"chunk longer than the {expected} bytes listed")
+        into = view if stored is None else memoryview(bytearray(stored))
+        got = _read_into(fd, into)
+    except OSError as exc:
+        raise ChunkError(Path(path), f"cannot read chunk ({_reason(exc)})", damaged=False) from None
+    finally:
+        os.close(fd)
+    if got < expected:
+        raise ChunkError(Path(path), f"truncated chunk ({got} of {expected} bytes)")
+    if hashlib.sha256(into).hexdigest() != digest:
+        raise ChunkError(Path(path), "chunk checksum mismatch")
+    if stored is not None:
+        _decompress_into(into, view, Path(path))
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    """Read from ``fd`` until ``view`` is full or the file ends; the bytes read."""
+    got = 0
+    while got < view.nbytes:
+        if _readv is not None:  # into place, no intermediate bytes
+            n = _readv(fd, [view[got:]])
+        else:
+            piece = os.read(fd, view.nbytes - got)
+            n = len(piece)
+            view[got : got + n] = piece
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _decompress_into(data: memoryview, view: memoryview, path: Path) -> None:
+    """Decompress the one Zstandard frame ``data`` straight into ``view``, which it must fill
+    exactly (the digest matched, so a failure here means the chunk was written wrong)."""
+    try:
+        size = zstandard.frame_content_size(data)
+        if size not in (-1, view.nbytes):
+            raise ChunkError(path, f"chunk holds {size} bytes, not the {view.nbytes} listed")
+        # The reader decompresses into the given memory (releasing the GIL); the read past the
+        # end consumes the frame's epilogue, which checks its content checksum.
+        with _decompressor().stream_reader(data) as reader:
+            got = 0
+            while got < view.nbytes:
+                n = reader.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got < view.nbytes:
+                raise ChunkError(path, f"chunk holds {got} bytes, not the {view.nbytes} listed")
+            if reader.read(1):
+                raise ChunkError(path, f"chunk holds more than the {view.nbytes} bytes listed")
+    except zstandard.ZstdError as exc:
         raise ChunkError(path, f"chunk does not decompress ({exc})") from None
-    if len(raw) != view.nbytes:
-        raise ChunkError(path, f"chunk holds {len(raw)} bytes, not the {view.nbytes} listed")
-    view[:] = raw
 
 
 # -- garbage collection ----------------------------------------------------------------------
