@@ -345,7 +345,7 @@ def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(
 ) -> None:
     run_dir = tmp_path / "run"
     at = f"hydra.run.dir={run_dir}"
-    long_episodes = ["env.episode_length=1500", "env.data.n_steps=2000", "agent.learning_starts=64"]
+    long_episodes = ["env.episode_length=1500", "env.data.n_steps=3000", "agent.learning_starts=64"]
     proc = start_train(
         "episodes=50", "checkpoints.save_frequency=1", *long_episodes, at, tiny=False
     )
