@@ -352,3 +352,41 @@ def test_mirror_wait_without_an_upload_returns_at_once(
     mirror = Mirror(tmp_path, remote)
     mirror.wait()
     assert mirror.ok is None and remote_module.RUN_FILES == ("metrics.csv",)
+
+
+def test_a_request_task_dying_with_its_connection_is_debug_not_a_console_traceback() -> None:
+    """aiohttp's body-writing task of an upload cut off by a server going away ends with an
+    exception nobody retrieves; asyncio's ERROR report of it (with a traceback) is moved to
+    debug, while any other asyncio error still reaches the handlers."""
+    caught: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(record)
+
+    logger = logging.getLogger("asyncio")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        remote_module._quiet_dropped_connections()
+        remote_module._quiet_dropped_connections()  # installed once
+        assert logger.filters.count(remote_module._DROPPED_CONNECTIONS) == 1
+
+        def report(message: str, exc: BaseException) -> None:
+            try:
+                raise exc
+            except BaseException:
+                logger.error(message, exc_info=True)
+
+        dropped = "Task exception was never retrieved\nfuture: <Task finished coro=write_bytes>"
+        report(dropped, ConnectionResetError("Cannot write to closing transport"))
+        assert caught == []
+        report(dropped, ValueError("a bug, not a dropped connection"))
+        report("Unclosed client session", ConnectionResetError("reset"))
+        assert [r.getMessage().split("\n")[0] for r in caught] == [
+            "Task exception was never retrieved",
+            "Unclosed client session",
+        ]
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(remote_module._DROPPED_CONNECTIONS)

@@ -293,6 +293,8 @@ def open_remote(url: str, run_name: str, *, what: str = "checkpoints.remote") ->
     """
     fs, root = _filesystem(url, what)
     remote = RemoteModels(url, run_name, fs, root)
+    if not remote.local:
+        _quiet_dropped_connections()
     try:
         if remote.local:
             Path(remote.path).mkdir(parents=True, exist_ok=True)
@@ -311,6 +313,36 @@ def open_remote(url: str, run_name: str, *, what: str = "checkpoints.remote") ->
             f"network and the credentials, or set {what}=null to train without a remote copy"
         ) from None
     return remote
+
+
+class _DroppedConnectionFilter(logging.Filter):
+    """Moves asyncio's report of an HTTP request task that died with its connection to debug.
+
+    When a server goes away mid-upload, aiohttp's task writing the request body ends with a
+    connection error that nothing retrieves, and asyncio logs it as an ERROR with a traceback
+    ("Task exception was never retrieved", a known aiohttp behaviour). The upload itself fails
+    and is reported as one warning line and retried, so the traceback would only be noise in the
+    user's console; it is kept in the debug log instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not record.getMessage().startswith("Task exception was never retrieved"):
+            return True
+        if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
+            log.debug("a request task died with its connection: %s", _one_line(exc))
+            return False
+        return True
+
+
+_DROPPED_CONNECTIONS = _DroppedConnectionFilter()
+
+
+def _quiet_dropped_connections() -> None:
+    """Install :class:`_DroppedConnectionFilter` on asyncio's logger (once)."""
+    logger = logging.getLogger("asyncio")
+    if _DROPPED_CONNECTIONS not in logger.filters:
+        logger.addFilter(_DROPPED_CONNECTIONS)
 
 
 # -- checking what is read -------------------------------------------------------------------
